@@ -1,0 +1,38 @@
+# The two commands: `make demo` (the main job) and `make test` (the whole suite). Both set up a venv
+# in .venv on first use; nothing else is needed but Python >= 3.11 and pip.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.seawall-installed
+
+.PHONY: demo test run lint bench system-tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/seawall demo
+
+run: $(STAMP)
+	$(BIN)/seawall run
+
+# Tools some tests drive for real (promtool, redis-server): installed when missing and possible.
+system-tools:
+	@sh scripts/ensure-system-tools.sh
+
+test: $(STAMP) system-tools
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy tests benchmarks
+	$(BIN)/ruff format --check proxy tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

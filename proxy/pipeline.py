@@ -1,0 +1,114 @@
+"""The request pipeline: match -> dedup -> breaker -> limiter -> forward -> classify -> record.
+
+Each policy is a small unit with one async entry point, `handle(ctx, call_next)`, that may answer
+itself (raise a `SeawallError` or return an `Answer`) or pass the request on. `Pipeline` composes them in
+the order given (spec §2) around the terminal step, forward + classify, and records every request once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from proxy.answer import Answer
+from proxy.catalog import ErrorCatalog
+from proxy.classify import classify
+from proxy.context import RequestContext
+from proxy.errors import SeawallError, local_answer
+from proxy.forward import Forwarder
+from proxy.logs import log, request_log
+from proxy.metrics import Metrics, method_label
+
+Handler = Callable[[RequestContext], Awaitable[Answer]]
+
+
+class Policy(Protocol):
+    """A resilience policy: answers the request itself or awaits `call_next(ctx)`."""
+
+    name: str
+
+    async def handle(self, ctx: RequestContext, call_next: Handler) -> Answer: ...
+
+
+def _link(policy: Policy, call_next: Handler) -> Handler:
+    async def step(ctx: RequestContext) -> Answer:
+        return await policy.handle(ctx, call_next)
+
+    return step
+
+
+class Pipeline:
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        forwarder: Forwarder,
+        catalog: ErrorCatalog,
+        metrics: Metrics,
+        request_log_level: int | None = logging.DEBUG,
+    ) -> None:
+        self.policies = list(policies)
+        self._forwarder = forwarder
+        self._catalog = catalog
+        self._metrics = metrics
+        self._request_log_level = request_log_level
+        chain: Handler = self._forward_and_classify
+        for policy in reversed(self.policies):
+            chain = _link(policy, chain)
+        self._chain = chain
+
+    async def handle(self, ctx: RequestContext) -> Answer:
+        """Run the chain; turn any failure into the exchange's payload; record the request once."""
+        self._metrics.in_flight.inc()
+        try:
+            answer = await self._chain(ctx)
+        except SeawallError as error:
+            ctx.outcome = error.outcome
+            answer = local_answer(error, self._catalog)
+        except Exception:  # a bug must still answer the bot, in the exchange's format
+            log.exception("unexpected error handling a request", extra={"fields": {"route": ctx.route.name}})
+            ctx.outcome = "rejected"
+            answer = local_answer(SeawallError("internal error in seawall"), self._catalog)
+        finally:
+            self._metrics.in_flight.dec()
+        self.record(ctx, answer)
+        return answer
+
+    async def _forward_and_classify(self, ctx: RequestContext) -> Answer:
+        answer = await self._forwarder.send(ctx)
+        route = ctx.route.name
+        if answer.latency is not None:
+            self._metrics.upstream_latency.labels(route).observe(answer.latency)
+        answer.code, answer.name = classify(answer.status, answer.body, self._catalog)
+        if answer.name is not None:
+            code = "" if answer.code is None else str(answer.code)
+            self._metrics.exchange_errors.labels(route, code, answer.name).inc()
+        return answer
+
+    def record(self, ctx: RequestContext, answer: Answer) -> None:
+        if answer.source == "local" and ctx.outcome == "forwarded":
+            ctx.outcome = "rejected"
+        self._metrics.requests.labels(
+            ctx.route.name, method_label(ctx.method), str(answer.status), ctx.outcome
+        ).inc()
+        level = self._request_log_level
+        if level is not None and request_log.isEnabledFor(level):
+            request_log.log(
+                level,
+                "request",
+                extra={
+                    "fields": {
+                        "route": ctx.route.name,
+                        "method": ctx.method,
+                        "path": ctx.path,  # the path only: queries can carry ids a bot considers private
+                        "status": answer.status,
+                        "code": answer.code,
+                        "outcome": ctx.outcome,
+                        "key": ctx.key_name,
+                        "symbol": ctx.symbol,
+                        "client": ctx.client,
+                        "ms": round((time.monotonic() - ctx.started) * 1000, 3),
+                    }
+                },
+            )
