@@ -172,7 +172,7 @@ async def test_keep_alive_pool_reuses_upstream_connections(
     seawall = await start_seawall("orderly", upstream.url)
     async with aiohttp.ClientSession() as session:
         for _ in range(20):
-            async with session.get(seawall.proxy_url + "/v1/public/info") as r:
+            async with session.get(seawall.proxy_url + "/v9/unlimited") as r:
                 assert r.status == 200
     assert len(peers) == 1
 

@@ -1,0 +1,78 @@
+"""The demo's side-by-side table: the same fleet straight to the exchange versus through Seawall."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class PhaseResult:
+    """What one run of the fleet did to the exchange, read from the bots and the simulator."""
+
+    exchange_429: int  # -1003 answers the exchange gave the fleet
+    local_429: int  # -1003 answers Seawall gave instead (the exchange never saw those requests)
+    duplicate_orders: int  # orders beyond the first for one (account, client_order_id)
+    outage_calls_reaching_exchange: int  # requests the exchange had to answer during the -1011 storm
+    outage_calls_answered_locally: int
+    budget_used: float  # placements the exchange accepted / what its limit allowed in that time
+    max_in_window: int  # the most placements the exchange saw in any one window
+    median_latency_ms: float | None  # public poller's median round trip
+
+
+NOT_BUILT = "not built yet"
+
+
+def render(
+    straight: PhaseResult, through: PhaseResult, built: set[str], limit: int, seconds: float
+) -> str:
+    """A plain-text table; rows whose policy is not in `built` say so instead of showing numbers."""
+
+    def latency(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f} ms"
+
+    added = (
+        f"+{through.median_latency_ms - straight.median_latency_ms:.2f} ms"
+        if through.median_latency_ms is not None and straight.median_latency_ms is not None
+        else "-"
+    )
+    rows = [
+        ("429s from the exchange (-1003)", str(straight.exchange_429), str(through.exchange_429), "ratelimit"),
+        ("  ... answered by Seawall instead", "-", str(through.local_429), "ratelimit"),
+        (
+            f"busiest {limit}/s window at the exchange",
+            str(straight.max_in_window),
+            str(through.max_in_window),
+            "ratelimit",
+        ),
+        (
+            f"share of the placement budget used ({seconds:.0f}s)",
+            f"{straight.budget_used:.0%}",
+            f"{through.budget_used:.0%}",
+            "ratelimit",
+        ),
+        ("duplicate orders from blind retries", str(straight.duplicate_orders), str(through.duplicate_orders), "dedup"),
+        (
+            "calls the exchange had to answer in the -1011 outage",
+            str(straight.outage_calls_reaching_exchange),
+            str(through.outage_calls_reaching_exchange),
+            "breaker",
+        ),
+        ("  ... answered by Seawall instead", "-", str(through.outage_calls_answered_locally), "breaker"),
+        (
+            "median latency (public poller)",
+            latency(straight.median_latency_ms),
+            f"{latency(through.median_latency_ms)} ({added})",
+            "",
+        ),
+    ]
+    header = ("", "straight to the exchange", "through Seawall")
+    table = [header] + [
+        (label, left, right if (policy == "" or policy in built) else NOT_BUILT) for label, left, right, policy in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    lines = []
+    for index, row in enumerate(table):
+        lines.append("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Resilience policies: dedup, breaker, ratelimit — siblings, none imports another."""

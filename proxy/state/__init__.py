@@ -1,0 +1,1 @@
+"""Policy state behind small interfaces: in memory today, shared (Redis) later."""

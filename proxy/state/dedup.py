@@ -1,0 +1,210 @@
+"""Deduplication state: which identities are held, by whom, and with what answer.
+
+The policy (`proxy/policies/dedup.py`) decides; this module only keeps entries. Every call of the
+`DedupState` interface is one atomic decision, so a shared implementation can replace the memory one
+without touching the policy: on Redis, `claim` is one Lua script (SET NX of an in-flight record with a
+lock TTL, else return the record), `settle` rewrites the record with the entry TTL (or deletes it) and
+publishes the settlement, and `wait` subscribes or polls until the record leaves the in-flight state.
+
+Identities and fingerprints arrive already hashed: no API key or raw client order id is ever stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from multidict import CIMultiDict
+
+from proxy.answer import Answer
+from proxy.errors import SeawallError
+
+EntryState = Literal["in_flight", "stored", "unknown"]
+Kept = Literal["stored", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """An answer frozen for replay: status, headers and body exactly as the exchange sent them."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    reason: str | None
+    code: int | None
+    name: str | None
+
+    @classmethod
+    def of(cls, answer: Answer) -> StoredAnswer:
+        return cls(
+            answer.status, tuple(answer.headers.items()), answer.body, answer.reason, answer.code, answer.name
+        )
+
+    def to_answer(self) -> Answer:
+        return Answer(
+            self.status, CIMultiDict(self.headers), self.body, self.reason, code=self.code, name=self.name
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What holds an identity: a request in flight, a stored answer, or an outcome nobody knows."""
+
+    state: EntryState
+    fingerprint: str  # hash of the canonical payload of the request that claimed the identity
+    answer: StoredAnswer | None = None  # set when state == "stored"
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How an in-flight request ended, as the twins waiting for it receive it: an answer or a local error.
+
+    A shared implementation serializes `error` as its class name, detail, code and retry_after.
+    """
+
+    answer: StoredAnswer | None = None
+    error: SeawallError | None = None
+
+
+class DedupState(Protocol):
+    async def claim(self, identity: str, fingerprint: str) -> Entry | None:
+        """Take `identity` for this request, or return the live entry that holds it.
+
+        None means the caller now owns the identity and must `settle` it exactly once.
+        """
+        ...
+
+    async def wait(self, identity: str) -> Settlement | None:
+        """Wait until the in-flight owner of `identity` settles and return its settlement.
+
+        Cancelling the waiter never affects the owner or other waiters. None means the identity is no
+        longer held by a request in flight and holds no stored answer: the caller should claim again.
+        """
+        ...
+
+    async def settle(self, identity: str, settlement: Settlement, keep: Kept | None, ttl: float) -> None:
+        """End the owner's claim: keep the entry for `ttl` seconds as `stored` or `unknown`, or drop it
+        (keep=None, a transient failure), and hand `settlement` to every waiting twin."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Live entries by state (in_flight, stored, unknown) and in total, for `/status`."""
+        ...
+
+    def size(self) -> int:
+        """Entries held, cheap enough to call on every request (expired ones may still count)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _InFlight:
+    fingerprint: str
+    done: asyncio.Future[Settlement]
+
+
+@dataclass(slots=True)
+class _Kept:
+    state: Kept
+    fingerprint: str
+    answer: StoredAnswer | None
+    expires_at: float
+
+
+class MemoryDedupState:
+    """Entries in this process: in-flight claims (never evicted) and kept entries, oldest first.
+
+    Memory is bounded by the TTL and `max_entries`: when over the cap, the oldest kept entries go first;
+    a claim in flight is never evicted (its twins are waiting on it), so the cap can be exceeded only by
+    requests in flight at once, which the server's concurrency bounds. Kept entries are ordered by the
+    time they settled; one with a shorter TTL behind a longer one is dropped when seen (lookups check
+    expiry) or when its turn at the front comes.
+    """
+
+    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_entries = max_entries
+        self._clock = clock
+        self._in_flight: dict[str, _InFlight] = {}
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()
+
+    async def claim(self, identity: str, fingerprint: str) -> Entry | None:
+        now = self._clock()
+        self._expire(now)
+        flight = self._in_flight.get(identity)
+        if flight is not None:
+            return Entry("in_flight", flight.fingerprint)
+        kept = self._live(identity, now)
+        if kept is not None:
+            return Entry(kept.state, kept.fingerprint, kept.answer)
+        self._in_flight[identity] = _InFlight(fingerprint, asyncio.get_running_loop().create_future())
+        self._enforce_cap()
+        return None
+
+    async def wait(self, identity: str) -> Settlement | None:
+        flight = self._in_flight.get(identity)
+        if flight is None:
+            kept = self._live(identity, self._clock())
+            if kept is None or kept.state != "stored":
+                return None
+            return Settlement(answer=kept.answer)
+        # Shielded: a cancelled waiter (its bot hung up) must not cancel the future every twin awaits.
+        return await asyncio.shield(flight.done)
+
+    async def settle(self, identity: str, settlement: Settlement, keep: Kept | None, ttl: float) -> None:
+        flight = self._in_flight.pop(identity, None)
+        if flight is None:
+            return
+        if keep is not None:
+            answer = settlement.answer if keep == "stored" else None
+            self._kept[identity] = _Kept(keep, flight.fingerprint, answer, self._clock() + ttl)
+            self._kept.move_to_end(identity)
+            self._enforce_cap()
+        if not flight.done.done():
+            flight.done.set_result(settlement)
+
+    def counts(self) -> dict[str, int]:
+        now = self._clock()
+        self._expire(now)
+        stored = sum(1 for kept in self._kept.values() if kept.state == "stored" and kept.expires_at > now)
+        unknown = sum(1 for kept in self._kept.values() if kept.state == "unknown" and kept.expires_at > now)
+        in_flight = len(self._in_flight)
+        return {
+            "entries": in_flight + stored + unknown,
+            "in_flight": in_flight,
+            "stored": stored,
+            "unknown": unknown,
+        }
+
+    def size(self) -> int:
+        return len(self._in_flight) + len(self._kept)
+
+    async def close(self) -> None:
+        shutting_down = Settlement(error=SeawallError("seawall is shutting down"))
+        for flight in self._in_flight.values():
+            if not flight.done.done():
+                flight.done.set_result(shutting_down)
+        self._in_flight.clear()
+        self._kept.clear()
+
+    def _live(self, identity: str, now: float) -> _Kept | None:
+        kept = self._kept.get(identity)
+        if kept is not None and kept.expires_at <= now:
+            del self._kept[identity]
+            return None
+        return kept
+
+    def _expire(self, now: float) -> None:
+        while self._kept:
+            identity, oldest = next(iter(self._kept.items()))
+            if oldest.expires_at > now:
+                return
+            del self._kept[identity]
+
+    def _enforce_cap(self) -> None:
+        while self._kept and len(self._in_flight) + len(self._kept) > self._max_entries:
+            self._kept.popitem(last=False)
