@@ -29,9 +29,12 @@ from proxy.routing import RouteTable
 def build_policies(config: SeawallConfig, metrics: Metrics) -> list[Policy]:
     """The resilience chain, in the order of spec §2: dedup -> breaker -> limiter."""
     policies: list[Policy] = []
-    policies.append(DedupPolicy(config.dedup, metrics))
-    policies.append(CircuitBreakerPolicy(config.breakers, metrics, aliases=config.identity.aliases))
-    policies.append(RateLimitPolicy(config.ratelimit, metrics))
+    if config.dedup.enabled:
+        policies.append(DedupPolicy(config.dedup, metrics))
+    if config.breakers.enabled:
+        policies.append(CircuitBreakerPolicy(config.breakers, metrics, aliases=config.identity.aliases))
+    if config.ratelimit.enabled:
+        policies.append(RateLimitPolicy(config.ratelimit, metrics))
     return policies
 
 
@@ -76,7 +79,9 @@ class Seawall:
         )
         await self._admin_runner.setup()
         self._admin_site = web.TCPSite(
-            self._admin_runner, self.config.admin_listen.host, self.config.admin_listen.port,
+            self._admin_runner,
+            self.config.admin_listen.host,
+            self.config.admin_listen.port,
             reuse_address=True,
         )
         await self._admin_site.start()

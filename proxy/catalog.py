@@ -39,10 +39,7 @@ class ErrorCatalog:
     def from_file(cls, path: Path) -> ErrorCatalog:
         rows = yaml.safe_load(path.read_text(encoding="utf-8"))
         return cls(
-            [
-                ErrorEntry(int(r["code"]), int(r["status"]), str(r["name"]), tuple(r["messages"]))
-                for r in rows
-            ]
+            [ErrorEntry(int(r["code"]), int(r["status"]), str(r["name"]), tuple(r["messages"])) for r in rows]
         )
 
     def __getitem__(self, code: int) -> ErrorEntry:

@@ -268,7 +268,7 @@ def _load_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[Any, ...],
                 walk(item, (*path, index))
 
     walk(node, ())
-    data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    data = yaml.load(text, Loader=_LineLoader)
     return data, lines
 
 

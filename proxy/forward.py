@@ -7,7 +7,6 @@ each line here avoids: URL re-quoting, auto headers, silent resends, transparent
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import aiohttp
@@ -24,8 +23,18 @@ from proxy.errors import UpstreamInvalid, UpstreamUnavailable, UpstreamUnreached
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
-        "Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
-        "Proxy-Authenticate", "Proxy-Authorization", "Content-Length", "Host", "Expect",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Content-Length",
+        "Host",
+        "Expect",
     )
 )
 # Headers the aiohttp client would add on its own; the bot's own values (if any) still pass.
@@ -34,17 +43,15 @@ _NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 def end_to_end_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
     """Copy headers without hop-by-hop fields (and those the Connection header names), keeping repeats."""
-    named = {
-        token.strip().lower()
-        for value in headers.getall("Connection", [])
-        for token in value.split(",")
-        if token.strip()
-    }
-    return CIMultiDict(
-        (name, value)
-        for name, value in headers.items()
-        if name.lower() not in HOP_BY_HOP and name.lower() not in named
-    )
+    copy = CIMultiDict(headers)  # a C-level copy; then drop the few fields present (hot path)
+    named = copy.getall("Connection", ())
+    for name in HOP_BY_HOP:
+        if name in copy:
+            del copy[name]
+    for value in named:
+        for token in value.split(","):
+            copy.popall(token.strip(), None)
+    return copy
 
 
 class Forwarder:
@@ -104,7 +111,7 @@ class Forwarder:
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
             # No connection, so nothing was sent: dedup may let a retry through (UpstreamUnreached).
             raise UpstreamUnreached("the exchange could not be reached") from None
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamUnavailable("the exchange did not answer in time") from None
         except aiohttp.ClientResponseError as exc:
             raise UpstreamInvalid(f"the exchange sent an invalid response ({exc.status})") from None

@@ -137,7 +137,11 @@ class ProxyListener:
                 request, BadRequest("only origin-form requests to the exchange are proxied"), close=True
             )
         try:
-            body = await asyncio.wait_for(self._read_body(request), self._server_config.read_timeout)
+            if request.body_exists:
+                async with asyncio.timeout(self._server_config.read_timeout):
+                    body = await self._read_body(request)
+            else:  # most requests (GET, DELETE with a query) have no body: no timer, no reader
+                body = b""
         except TimeoutError:
             return self._refuse(request, BadRequest("request body not received in time"), close=True)
         except BadRequest as error:

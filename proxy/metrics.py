@@ -26,53 +26,79 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "seawall_requests", "Bot requests by route, method, answered status and outcome.",
-            ["route", "method", "status", "outcome"], registry=r,
+            "seawall_requests",
+            "Bot requests by route, method, answered status and outcome.",
+            ["route", "method", "status", "outcome"],
+            registry=r,
         )
         self.exchange_errors = Counter(
-            "seawall_exchange_errors", "Error payloads from the exchange, by code and its table name.",
-            ["route", "code", "name"], registry=r,
+            "seawall_exchange_errors",
+            "Error payloads from the exchange, by code and its table name.",
+            ["route", "code", "name"],
+            registry=r,
         )
         self.upstream_latency = Histogram(
-            "seawall_upstream_latency_seconds", "Exchange round trips.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+            "seawall_upstream_latency_seconds",
+            "Exchange round trips.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.ratelimit_wait = Histogram(
-            "seawall_ratelimit_wait_seconds", "Time requests spent queued by a rate-limit rule.",
-            ["rule"], buckets=WAIT_BUCKETS, registry=r,
+            "seawall_ratelimit_wait_seconds",
+            "Time requests spent queued by a rate-limit rule.",
+            ["rule"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
         )
         self.ratelimit_rejected = Counter(
-            "seawall_ratelimit_rejected", "Requests answered locally with -1003, by rule and reason.",
-            ["rule", "reason"], registry=r,
+            "seawall_ratelimit_rejected",
+            "Requests answered locally with -1003, by rule and reason.",
+            ["rule", "reason"],
+            registry=r,
         )
         self.ratelimit_upstream_429 = Counter(
-            "seawall_ratelimit_upstream_throttled", "-1003 answers from the exchange itself, by rule.",
-            ["rule"], registry=r,
+            "seawall_ratelimit_upstream_throttled",
+            "-1003 answers from the exchange itself, by rule.",
+            ["rule"],
+            registry=r,
         )
         self.ratelimit_budget_used = Gauge(
-            "seawall_ratelimit_budget_used_ratio", "Share of a rule's budget in use by its busiest scope.",
-            ["rule"], registry=r,
+            "seawall_ratelimit_budget_used_ratio",
+            "Share of a rule's budget in use by its busiest scope.",
+            ["rule"],
+            registry=r,
         )
         self.circuit_state = Gauge(
-            "seawall_circuit_state", "Breaker state: 0 closed, 1 half-open, 2 open.",
-            ["breaker"], registry=r,
+            "seawall_circuit_state",
+            "Breaker state: 0 closed, 1 half-open, 2 open.",
+            ["breaker"],
+            registry=r,
         )
         self.circuit_transitions = Counter(
-            "seawall_circuit_transitions", "Breaker state changes, by the state entered.",
-            ["breaker", "to"], registry=r,
+            "seawall_circuit_transitions",
+            "Breaker state changes, by the state entered.",
+            ["breaker", "to"],
+            registry=r,
         )
         self.dedup = Counter(
-            "seawall_dedup", "Deduplicated requests: coalesced, replayed, conflict.",
-            ["route", "kind"], registry=r,
+            "seawall_dedup",
+            "Deduplicated requests: coalesced, replayed, conflict.",
+            ["route", "kind"],
+            registry=r,
         )
         self.dedup_entries = Gauge(
-            "seawall_dedup_entries", "Identities held by deduplication (in flight and stored).",
+            "seawall_dedup_entries",
+            "Identities held by deduplication (in flight and stored).",
             registry=r,
         )
         self.state_backend_up = Gauge(
-            "seawall_state_backend_up", "1 when the shared-state backend answers, 0 when Seawall runs on "
-            "local state.", registry=r,
+            "seawall_state_backend_up",
+            "1 when the shared-state backend answers, 0 when Seawall runs on local state.",
+            registry=r,
         )
         self.in_flight = Gauge(
-            "seawall_in_flight_requests", "Bot requests being handled.", registry=r,
+            "seawall_in_flight_requests",
+            "Bot requests being handled.",
+            registry=r,
         )

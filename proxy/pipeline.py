@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from proxy.answer import Answer
 from proxy.catalog import ErrorCatalog
@@ -57,10 +57,16 @@ class Pipeline:
         for policy in reversed(self.policies):
             chain = _link(policy, chain)
         self._chain = chain
+        # A plain counter read at scrape time: no lock taken twice per request.
+        self._in_flight = 0
+        metrics.in_flight.set_function(lambda: self._in_flight)
+        # Label children cached by their label values: `labels()` takes a lock and builds a key each call.
+        self._request_counters: dict[tuple[str, str, str, str], Any] = {}
+        self._latency_histograms: dict[str, Any] = {}
 
     async def handle(self, ctx: RequestContext) -> Answer:
         """Run the chain; turn any failure into the exchange's payload; record the request once."""
-        self._metrics.in_flight.inc()
+        self._in_flight += 1
         try:
             answer = await self._chain(ctx)
         except SeawallError as error:
@@ -71,7 +77,7 @@ class Pipeline:
             ctx.outcome = "rejected"
             answer = local_answer(SeawallError("internal error in seawall"), self._catalog)
         finally:
-            self._metrics.in_flight.dec()
+            self._in_flight -= 1
         self.record(ctx, answer)
         return answer
 
@@ -79,7 +85,10 @@ class Pipeline:
         answer = await self._forwarder.send(ctx)
         route = ctx.route.name
         if answer.latency is not None:
-            self._metrics.upstream_latency.labels(route).observe(answer.latency)
+            histogram = self._latency_histograms.get(route)
+            if histogram is None:
+                histogram = self._latency_histograms[route] = self._metrics.upstream_latency.labels(route)
+            histogram.observe(answer.latency)
         answer.code, answer.name = classify(answer.status, answer.body, self._catalog)
         if answer.name is not None:
             code = "" if answer.code is None else str(answer.code)
@@ -89,9 +98,11 @@ class Pipeline:
     def record(self, ctx: RequestContext, answer: Answer) -> None:
         if answer.source == "local" and ctx.outcome == "forwarded":
             ctx.outcome = "rejected"
-        self._metrics.requests.labels(
-            ctx.route.name, method_label(ctx.method), str(answer.status), ctx.outcome
-        ).inc()
+        labels = (ctx.route.name, method_label(ctx.method), str(answer.status), ctx.outcome)
+        counter = self._request_counters.get(labels)
+        if counter is None:
+            counter = self._request_counters[labels] = self._metrics.requests.labels(*labels)
+        counter.inc()
         level = self._request_log_level
         if level is not None and request_log.isEnabledFor(level):
             request_log.log(

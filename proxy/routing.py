@@ -43,9 +43,7 @@ def _compile(path: str) -> re.Pattern[str]:
     rest = path.endswith("/*")
     body = path[:-2] if rest else path
     parts = re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", body)
-    regex = "".join(
-        f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part) for part in parts
-    )
+    regex = "".join(f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part) for part in parts)
     return re.compile(regex + ("(?:/.*)?" if rest else "/?"))
 
 
@@ -95,9 +93,11 @@ class RouteTable:
             account = identity.key_accounts.get(key)
         key_name = None
         if key is not None:
-            key_name = identity.aliases.get(key) or (
-                identity.aliases.get(account) if account else None
-            ) or key_fingerprint(key)
+            key_name = (
+                identity.aliases.get(key)
+                or (identity.aliases.get(account) if account else None)
+                or key_fingerprint(key)
+            )
         fields = _Fields(query_string, body, headers.get("Content-Type", ""))
         symbol = path_params.get("symbol") or fields.first(identity.symbol_fields)
         client_order_id = fields.first(identity.client_order_id_fields)

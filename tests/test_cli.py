@@ -13,7 +13,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-
 from fixtures_proxy import RecordingUpstream, wait_until
 
 SEAWALL = [sys.executable, "-m", "proxy"]
@@ -66,7 +65,9 @@ async def test_run_serves_with_env_overrides_and_drains_on_sigterm(upstream: Rec
         async with aiohttp.ClientSession() as session:
             async with session.get(admin + "/status") as r:
                 assert (await r.json())["profile"] == "woox"
-            in_flight = asyncio.ensure_future(session.post(f"http://127.0.0.1:{proxy_port}/v1/order", data=b"a=1"))
+            in_flight = asyncio.ensure_future(
+                session.post(f"http://127.0.0.1:{proxy_port}/v1/order", data=b"a=1")
+            )
             await wait_until(lambda: len(upstream.seen) == 1)
             process.send_signal(signal.SIGTERM)
 

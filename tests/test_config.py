@@ -32,7 +32,9 @@ def test_woox_profile_ships_its_own_upstream_and_per_symbol_placement_limit() ->
 
 
 def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
-    path = _write(tmp_path, "profile: orderly\nlisten: 127.0.0.1:7000\nupstream: {url: 'http://127.0.0.1:1'}\n")
+    path = _write(
+        tmp_path, "profile: orderly\nlisten: 127.0.0.1:7000\nupstream: {url: 'http://127.0.0.1:1'}\n"
+    )
     config = load_config(
         path,
         env={
@@ -84,7 +86,10 @@ def test_bad_value_names_the_key_in_a_list(tmp_path: Path) -> None:
         ("upstream: {url: 'ftp://x'}\n", "upstream.url"),
         ("upstream: {url: 'https://api.woox.io/v1'}\n", "upstream.url"),
         ("dedup: {ttl: soon}\n", "dedup.ttl"),
-        ("ratelimit: {rules: [{name: a, routes: [no.such.route], limit: 1}]}\n", "unknown route 'no.such.route'"),
+        (
+            "ratelimit: {rules: [{name: a, routes: [no.such.route], limit: 1}]}\n",
+            "unknown route 'no.such.route'",
+        ),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("key: [unclosed\n", "not valid YAML"),
     ],
@@ -110,7 +115,10 @@ def test_redacted_config_hides_keys_and_redis_password() -> None:
     config = build_config(
         {
             "profile": "woox",
-            "identity": {"key_accounts": {"MySecretApiKey123": "acct-1"}, "aliases": {"MySecretApiKey123": "bot-a"}},
+            "identity": {
+                "key_accounts": {"MySecretApiKey123": "acct-1"},
+                "aliases": {"MySecretApiKey123": "bot-a"},
+            },
             "state": {"backend": "redis", "redis": {"url": "redis://user:hunter2@10.0.0.1:6379/0"}},
         }
     )

@@ -31,7 +31,7 @@ def test_demo_runs_the_fleet_twice_and_shows_what_seawall_changed() -> None:
     assert through_429 == "0"
     _, answered_locally = _row(out, "  ... answered by Seawall instead")
     assert int(answered_locally) > 0
-    straight_dup, through_dup = _row(out, "duplicate orders")
+    _, through_dup = _row(out, "duplicate orders")
     assert through_dup == "0"
     straight_outage, through_outage = _row(out, "calls the exchange had to answer")
     assert int(through_outage) < int(straight_outage) / 3

@@ -8,9 +8,8 @@ import socket
 import aiohttp
 import pytest
 from aiohttp import web
-from yarl import URL
-
 from fixtures_proxy import RecordingUpstream, StartSeawall
+from yarl import URL
 
 
 async def _raw_exchange(url: str, request: bytes) -> bytes:
@@ -83,7 +82,9 @@ async def test_headers_pass_except_hop_by_hop_and_host_is_the_upstreams(
     seen = upstream.seen[-1]
     assert seen.headers["Host"] == URL(upstream.url).raw_authority
     assert seen.headers.getall("X-Repeated") == ["one", "two"]
-    assert seen.headers["x-api-signature"] == "20da0852f73b20da0208c7e627975a59ff072379883d8457d03104651032033d"
+    assert (
+        seen.headers["x-api-signature"] == "20da0852f73b20da0208c7e627975a59ff072379883d8457d03104651032033d"
+    )
     for hop in ("X-Private-Hop", "Keep-Alive", "Proxy-Authorization", "TE"):
         assert hop not in seen.headers
     # Nothing the aiohttp client would add on its own.

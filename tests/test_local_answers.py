@@ -8,7 +8,6 @@ import socket
 
 import aiohttp
 from aiohttp import web
-
 from fixtures_proxy import RecordingUpstream, StartSeawall, wait_until
 from rawhttp import raw_request, split_answer
 
@@ -31,7 +30,9 @@ async def test_unreachable_upstream_answers_1011_in_exchange_format(start_seawal
     assert payload["message"].startswith("Can not place/cancel orders")
 
 
-async def test_upstream_timeout_answers_1011(upstream: RecordingUpstream, start_seawall: StartSeawall) -> None:
+async def test_upstream_timeout_answers_1011(
+    upstream: RecordingUpstream, start_seawall: StartSeawall
+) -> None:
     release = asyncio.Event()
 
     async def hang(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
@@ -60,10 +61,9 @@ async def test_upstream_dropping_the_connection_answers_1011(
 
     upstream.responder = drop
     seawall = await start_seawall("orderly", upstream.url)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(seawall.proxy_url + "/v1/positions") as r:
-            assert r.status == 400
-            assert (await r.json())["code"] == -1011
+    async with aiohttp.ClientSession() as session, session.get(seawall.proxy_url + "/v1/positions") as r:
+        assert r.status == 400
+        assert (await r.json())["code"] == -1011
     # No silent resend of the GET after the dropped connection (PITFALLS.md).
     assert len(upstream.seen) == 1
 
@@ -78,11 +78,10 @@ async def test_oversize_upstream_answer_is_refused_not_relayed(
     seawall = await start_seawall(
         "orderly", upstream.url, upstream={"url": upstream.url, "max_response_bytes": 100_000}
     )
-    async with aiohttp.ClientSession() as session:
-        async with session.get(seawall.proxy_url + "/v1/positions") as r:
-            assert r.status == 500
-            assert r.headers["X-Seawall"] == "upstream-invalid"
-            assert (await r.json())["code"] == -1000
+    async with aiohttp.ClientSession() as session, session.get(seawall.proxy_url + "/v1/positions") as r:
+        assert r.status == 500
+        assert r.headers["X-Seawall"] == "upstream-invalid"
+        assert (await r.json())["code"] == -1000
 
 
 async def test_garbage_from_upstream_is_passed_back_and_counted_by_status(
@@ -93,10 +92,9 @@ async def test_garbage_from_upstream_is_passed_back_and_counted_by_status(
 
     upstream.responder = garbage
     seawall = await start_seawall("orderly", upstream.url)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(seawall.proxy_url + "/v1/positions") as r:
-            assert r.status == 502
-            assert await r.read() == b"<html>bad gateway</html>"
+    async with aiohttp.ClientSession() as session, session.get(seawall.proxy_url + "/v1/positions") as r:
+        assert r.status == 502
+        assert await r.read() == b"<html>bad gateway</html>"
     assert seawall.metrics.exchange_errors.labels("positions", "", "HTTP_502")._value.get() == 1
 
 
@@ -211,14 +209,16 @@ async def test_a_body_that_never_finishes_is_answered_and_cut_off(
     upstream: RecordingUpstream, start_seawall: StartSeawall
 ) -> None:
     seawall = await start_seawall("orderly", upstream.url, server={"read_timeout": 0.3})
-    request = b"POST /v1/order HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"symbol\":"
-    status, headers, body = split_answer(await raw_request(seawall.proxy_url, request, timeout=5))
+    request = b'POST /v1/order HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"symbol":'
+    status, _, body = split_answer(await raw_request(seawall.proxy_url, request, timeout=5))
     assert status == 400
     assert "not received in time" in json.loads(body)["message"]
     assert upstream.seen == []
 
 
-async def test_an_idle_new_connection_is_closed(upstream: RecordingUpstream, start_seawall: StartSeawall) -> None:
+async def test_an_idle_new_connection_is_closed(
+    upstream: RecordingUpstream, start_seawall: StartSeawall
+) -> None:
     seawall = await start_seawall("orderly", upstream.url, server={"read_timeout": 0.3})
     answer = await raw_request(seawall.proxy_url, b"", timeout=5)
     assert answer == b""
@@ -228,9 +228,8 @@ async def test_each_request_is_counted_with_its_outcome(
     upstream: RecordingUpstream, start_seawall: StartSeawall
 ) -> None:
     seawall = await start_seawall("orderly", upstream.url)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(seawall.proxy_url + "/v1/orders") as r:
-            assert r.status == 200
+    async with aiohttp.ClientSession() as session, session.get(seawall.proxy_url + "/v1/orders") as r:
+        assert r.status == 200
     await raw_request(seawall.proxy_url, b"CONNECT a:1 HTTP/1.1\r\nHost: a\r\n\r\n")
     requests = seawall.metrics.requests
     await wait_until(lambda: requests.labels("default", "OTHER", "400", "rejected")._value.get() == 1)

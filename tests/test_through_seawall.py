@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import ccxt.async_support as ccxt
 import pytest
-
 from fixtures_proxy import StartSeawall
 from fixtures_simulator import SimFactory, client_for
+
 from proxy.simulator.signing import orderly_headers
 
 
@@ -28,11 +28,19 @@ async def test_orderly_signatures_verify_after_the_hop(
     sim = await sim_factory("orderly")
     client = client_for(sim_http, sim)
     client.base_url = await _through(start_seawall, sim)
-    order = {"symbol": "PERP_ETH_USDC", "order_type": "LIMIT", "order_price": 2950, "order_quantity": 0.01,
-             "side": "BUY", "client_order_id": "sig-1"}
+    order = {
+        "symbol": "PERP_ETH_USDC",
+        "order_type": "LIMIT",
+        "order_price": 2950,
+        "order_quantity": 0.01,
+        "side": "BUY",
+        "client_order_id": "sig-1",
+    }
     placed = await client.orderly("POST", "/v1/order", order)
     assert placed.status == 200, placed
-    padded = await client.orderly("GET", "/v1/orders?symbol=PERP_ETH_USDC&status=INCOMPLETE", standard_base64=True)
+    padded = await client.orderly(
+        "GET", "/v1/orders?symbol=PERP_ETH_USDC&status=INCOMPLETE", standard_base64=True
+    )
     assert padded.status == 200, padded
     assert [row["client_order_id"] for row in padded.json["data"]["rows"]] == ["sig-1"]
     # ccxt and Orderly's connector sign the query unencoded and send it percent-encoded.
@@ -53,7 +61,9 @@ async def test_a_tampered_body_fails_verification_upstream(
     client = client_for(sim_http, sim)
     client.base_url = await _through(start_seawall, sim)
     body = b'{"symbol":"PERP_ETH_USDC","order_type":"MARKET","order_quantity":0.01,"side":"BUY"}'
-    headers = orderly_headers(sim.demo_credentials.account_id, sim.demo_credentials.secret, "POST", "/v1/order", body)
+    headers = orderly_headers(
+        sim.demo_credentials.account_id, sim.demo_credentials.secret, "POST", "/v1/order", body
+    )
     tampered = await client.send("POST", "/v1/order", body.replace(b"0.01", b"0.02"), headers)
     assert tampered.status == 401
     assert tampered.code in (-1001, -1002)
@@ -68,16 +78,27 @@ async def test_woox_v1_form_and_v3_json_verify_after_the_hop(
     v1 = await client.v1(
         "POST",
         "/v1/order",
-        {"symbol": "SPOT_BTC_USDT", "order_type": "LIMIT", "order_price": "59000", "order_quantity": "0.01",
-         "side": "BUY", "client_order_id": "11"},
+        {
+            "symbol": "SPOT_BTC_USDT",
+            "order_type": "LIMIT",
+            "order_price": "59000",
+            "order_quantity": "0.01",
+            "side": "BUY",
+            "client_order_id": "11",
+        },
     )
     assert v1.status == 200, v1
     assert v1.json["client_order_id"] == 11
     # v3 signs the raw body: spacing a re-serialiser would change must survive the hop.
-    body = b'{"symbol": "SPOT_BTC_USDT",  "side": "BUY", "type": "LIMIT", "price": "59000", "quantity": "0.01", "clientOrderId": 12}'
+    body = (
+        b'{"symbol": "SPOT_BTC_USDT",  "side": "BUY", "type": "LIMIT", '
+        b'"price": "59000", "quantity": "0.01", "clientOrderId": 12}'
+    )
     from proxy.simulator.signing import woox_v3_headers
 
-    headers = woox_v3_headers(sim.demo_credentials.api_key, sim.demo_credentials.secret, "POST", "/v3/trade/order", body)
+    headers = woox_v3_headers(
+        sim.demo_credentials.api_key, sim.demo_credentials.secret, "POST", "/v3/trade/order", body
+    )
     v3 = await client.send("POST", "/v3/trade/order", body, headers)
     assert v3.status == 200, v3
     listed = await client.v1("GET", "/v1/orders", {"symbol": "SPOT_BTC_USDT", "status": "INCOMPLETE"})

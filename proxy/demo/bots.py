@@ -105,7 +105,9 @@ class Bot:
             self.tally.latencies.append(elapsed)
         return Reply(status, code, policy, data)
 
-    def order(self, client_order_id: str, *, order_type: str = "LIMIT", price: str = "2950") -> dict[str, Any]:
+    def order(
+        self, client_order_id: str, *, order_type: str = "LIMIT", price: str = "2950"
+    ) -> dict[str, Any]:
         order: dict[str, Any] = {
             "symbol": "PERP_ETH_USDC",
             "order_type": order_type,
@@ -125,7 +127,10 @@ async def requote_bursts(bot: Bot, stop_at: float, burst: int = 5, pause: float 
         replies = await asyncio.gather(*(bot.call("POST", "/v1/order", bot.order(cid)) for cid in ids))
         placed = [cid for cid, reply in zip(ids, replies, strict=True) if reply and reply.code is None]
         await asyncio.gather(
-            *(bot.call("DELETE", f"/v1/client/order?client_order_id={cid}&symbol=PERP_ETH_USDC") for cid in placed)
+            *(
+                bot.call("DELETE", f"/v1/client/order?client_order_id={cid}&symbol=PERP_ETH_USDC")
+                for cid in placed
+            )
         )
         await asyncio.sleep(pause)  # the strategy's own pacing between re-quotes
 

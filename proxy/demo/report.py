@@ -22,9 +22,7 @@ class PhaseResult:
 NOT_BUILT = "not built yet"
 
 
-def render(
-    straight: PhaseResult, through: PhaseResult, built: set[str], limit: int, seconds: float
-) -> str:
+def render(straight: PhaseResult, through: PhaseResult, built: set[str], limit: int, seconds: float) -> str:
     """A plain-text table; rows whose policy is not in `built` say so instead of showing numbers."""
 
     def latency(value: float | None) -> str:
@@ -36,7 +34,12 @@ def render(
         else "-"
     )
     rows = [
-        ("429s from the exchange (-1003)", str(straight.exchange_429), str(through.exchange_429), "ratelimit"),
+        (
+            "429s from the exchange (-1003)",
+            str(straight.exchange_429),
+            str(through.exchange_429),
+            "ratelimit",
+        ),
         ("  ... answered by Seawall instead", "-", str(through.local_429), "ratelimit"),
         (
             f"busiest {limit}/s window at the exchange",
@@ -50,7 +53,12 @@ def render(
             f"{through.budget_used:.0%}",
             "ratelimit",
         ),
-        ("duplicate orders from blind retries", str(straight.duplicate_orders), str(through.duplicate_orders), "dedup"),
+        (
+            "duplicate orders from blind retries",
+            str(straight.duplicate_orders),
+            str(through.duplicate_orders),
+            "dedup",
+        ),
         (
             "calls the exchange had to answer in the -1011 outage",
             str(straight.outage_calls_reaching_exchange),
@@ -67,12 +75,17 @@ def render(
     ]
     header = ("", "straight to the exchange", "through Seawall")
     table = [header] + [
-        (label, left, right if (policy == "" or policy in built) else NOT_BUILT) for label, left, right, policy in rows
+        (label, left, right if (policy == "" or policy in built) else NOT_BUILT)
+        for label, left, right, policy in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     lines = []
     for index, row in enumerate(table):
-        lines.append("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+        lines.append(
+            "  ".join(
+                cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+            )
+        )
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)

@@ -61,9 +61,9 @@ class Progress:
         while True:
             t = self.tally
             print(
-                f"  [{self.label:<8}] {time.monotonic() - self.started:5.1f}s {self.act:<16} sent={t.sent:<5} "
-                f"ok={t.ok:<5} exchange-429={t.exchange_429:<4} seawall-429={t.local_429:<4} "
-                f"failed={t.failures}",
+                f"  [{self.label:<8}] {time.monotonic() - self.started:5.1f}s {self.act:<16} "
+                f"sent={t.sent:<5} ok={t.ok:<5} exchange-429={t.exchange_429:<4} "
+                f"seawall-429={t.local_429:<4} failed={t.failures}",
                 file=self.out,
                 flush=True,
             )

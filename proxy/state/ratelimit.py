@@ -1,0 +1,200 @@
+"""Rate-limit state: the slots each (rule, scope) has in use, behind a small interface.
+
+A request admitted by a rule takes `cost` slots of its scope (a batch order costs its number of orders)
+and holds them from admission — just before the send — until `hold` seconds (the rule's window plus the
+margin) after its answer arrives. The exchange stamps a request somewhere between our send and its
+answer, so a slot held that long is out of the exchange's sliding window before anyone reuses it, whatever
+the latency (PITFALLS.md "Where the exchange's clock sees a request": a log stamped at send time earned 31
+-1003s; holding until answer + window, 0). A scope with room is one with `used + cost <= limit` and no
+cool-down running.
+
+The interface, `RateLimitState`:
+- `acquire(claims, ahead, now)` takes the slots of every claim or of none (all-or-none across the rules
+  a request touches). `ahead[i]` slots stay reserved for requests queued in front of this one in claim
+  i's scope, so it is admitted only where they too still fit (FIFO, but a request waiting on another rule
+  does not block the others). Refused, it says per claim how long until it would fit (a lower bound);
+- `release(claims, now)` starts the hold-after-answer countdown; `cool_down(claims, until)` marks scopes
+  full until `until` (the exchange answered -1003 anyway: someone else shares the key);
+- `usage(now)`, `busiest_share(rule, now)`, `drop_idle(now, idle_for)` for /status, metrics and memory.
+
+`MemoryRateLimitState` keeps it in this process. A shared (Redis) implementation keeps the same numbers
+per scope (in-flight slots, a sorted list of release times, a cool-down deadline) and makes `acquire` one
+atomic script over every claimed scope; the policy's queues stay local to each replica.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One request's claim on one rule: `cost` slots of `scope` (of `limit`) held `hold` s after answer."""
+
+    rule: str
+    scope: str  # the scope's key; may contain an API key, so never shown: `label` is
+    label: str
+    limit: int
+    hold: float
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    admitted: bool
+    waits: tuple[float, ...]  # per claim: lower bound on the seconds until it has room (0.0: room now)
+    cooling: tuple[bool, ...]  # per claim: its scope is cooling down after an upstream -1003
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeUsage:
+    rule: str
+    label: str
+    used: int
+    limit: int
+    cooling_for: float
+
+
+class RateLimitState(Protocol):
+    async def acquire(self, claims: Sequence[Claim], ahead: Sequence[int], now: float) -> Verdict: ...
+
+    async def release(self, claims: Sequence[Claim], now: float) -> None: ...
+
+    async def cool_down(self, claims: Sequence[Claim], until: Sequence[float], now: float) -> None: ...
+
+    def usage(self, now: float) -> list[ScopeUsage]: ...
+
+    def busiest_share(self, rule: str, now: float) -> float: ...
+
+    def drop_idle(self, now: float, idle_for: float) -> int: ...
+
+
+@dataclass(slots=True)
+class _Scope:
+    label: str
+    limit: int
+    in_flight: int = 0  # slots of requests still waiting for their answer
+    releases: deque[tuple[float, int]] = field(default_factory=deque)  # (release time, slots), sorted
+    releasing: int = 0  # the slots in `releases`, so `used` costs O(1) per request
+    cooling_until: float = 0.0
+    last_used: float = 0.0
+
+    def used(self, now: float) -> int:
+        releases = self.releases
+        while releases and releases[0][0] <= now:
+            self.releasing -= releases.popleft()[1]
+        return self.in_flight + self.releasing
+
+    def add_release(self, until: float, slots: int) -> None:
+        if self.releases and self.releases[-1][0] > until:  # keep it sorted (a hold changed, a clock quirk)
+            until = self.releases[-1][0]
+        self.releases.append((until, slots))
+        self.releasing += slots
+
+    def wait(self, now: float, hold: float, slots_needed: int) -> float:
+        """Lower bound on the time until the `slots_needed`-th slot from now is free.
+
+        Slot i is next free at t_i (now if free, its release time if known, now + hold if its request
+        is in flight) and after each reuse at least `hold` later, so the k-th free moment is at least
+        sorted(t)[(k - 1) % limit] + ((k - 1) // limit) * hold.
+        """
+        used = self.used(now)
+        # Slots over the limit (a limit lowered in flight, a shared backend's late news) free first.
+        needed = slots_needed + max(0, used - self.limit)
+        index, rounds = (needed - 1) % self.limit, (needed - 1) // self.limit
+        free = max(0, self.limit - used)
+        if index < free:
+            first = now
+        else:
+            index -= free
+            first = now + hold  # a slot whose request is in flight: free at least `hold` from now
+            for release, slots in self.releases:  # known releases are all before now + hold
+                if index < slots:
+                    first = release
+                    break
+                index -= slots
+        wait = first + rounds * hold - now
+        if self.cooling_until > now:
+            wait = max(wait, self.cooling_until - now)
+        return max(wait, 0.0)
+
+
+class MemoryRateLimitState:
+    """In-process slot accounting. Every method runs without suspending, so each is atomic in asyncio."""
+
+    def __init__(self) -> None:
+        self._rules: dict[str, dict[str, _Scope]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(scopes) for scopes in self._rules.values())
+
+    def _scope(self, claim: Claim, now: float) -> _Scope:
+        scopes = self._rules.setdefault(claim.rule, {})
+        scope = scopes.get(claim.scope)
+        if scope is None:
+            scope = scopes[claim.scope] = _Scope(claim.label, claim.limit, last_used=now)
+        return scope
+
+    async def acquire(self, claims: Sequence[Claim], ahead: Sequence[int], now: float) -> Verdict:
+        scopes = [self._scope(claim, now) for claim in claims]
+        room = [
+            scope.cooling_until <= now and scope.used(now) + queued + claim.cost <= claim.limit
+            for claim, scope, queued in zip(claims, scopes, ahead, strict=True)
+        ]
+        if all(room):
+            for claim, scope in zip(claims, scopes, strict=True):
+                scope.in_flight += claim.cost
+                scope.last_used = now
+            return Verdict(True, (0.0,) * len(claims), (False,) * len(claims))
+        waits = []
+        for claim, scope, queued in zip(claims, scopes, ahead, strict=True):
+            scope.last_used = now
+            if claim.cost > claim.limit:
+                waits.append(math.inf)  # can never fit: the exchange would refuse it too
+            else:
+                waits.append(scope.wait(now, claim.hold, queued + claim.cost))
+        return Verdict(False, tuple(waits), tuple(scope.cooling_until > now for scope in scopes))
+
+    async def release(self, claims: Sequence[Claim], now: float) -> None:
+        for claim in claims:
+            scope = self._scope(claim, now)
+            scope.in_flight = max(0, scope.in_flight - claim.cost)
+            scope.add_release(now + claim.hold, claim.cost)
+            scope.last_used = now
+
+    async def cool_down(self, claims: Sequence[Claim], until: Sequence[float], now: float) -> None:
+        for claim, deadline in zip(claims, until, strict=True):
+            scope = self._scope(claim, now)
+            scope.cooling_until = max(scope.cooling_until, deadline)
+
+    def usage(self, now: float) -> list[ScopeUsage]:
+        return [
+            ScopeUsage(rule, scope.label, scope.used(now), scope.limit, max(0.0, scope.cooling_until - now))
+            for rule, scopes in self._rules.items()
+            for scope in scopes.values()
+        ]
+
+    def busiest_share(self, rule: str, now: float) -> float:
+        scopes = self._rules.get(rule, {})
+        return max((scope.used(now) / scope.limit for scope in scopes.values()), default=0.0)
+
+    def drop_idle(self, now: float, idle_for: float) -> int:
+        """Forget scopes that hold nothing and were last used `idle_for` ago. Lossless: a scope with no
+        slot held and no cool-down running is the same as a scope never seen."""
+        dropped = 0
+        for rule in list(self._rules):
+            scopes = self._rules[rule]
+            for key in [
+                key
+                for key, scope in scopes.items()
+                if scope.last_used <= now - idle_for and scope.used(now) == 0 and scope.cooling_until <= now
+            ]:
+                del scopes[key]
+                dropped += 1
+            if not scopes:
+                del self._rules[rule]
+        return dropped
