@@ -11,7 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from proxy.metrics import Metrics
 
 StatusSource = Callable[[], dict[str, Any]]
-ReadinessCheck = Callable[[], tuple[bool, str]]
+# (ready, name) or (ready, name, detail): a check may be ready yet degraded, and say so in `detail`.
+ReadinessCheck = Callable[[], tuple[Any, ...]]
 
 
 def admin_app(metrics: Metrics, status: StatusSource, readiness: list[ReadinessCheck]) -> web.Application:
@@ -26,8 +27,8 @@ def admin_app(metrics: Metrics, status: StatusSource, readiness: list[ReadinessC
         checks = {}
         ready = True
         for check in readiness:
-            ok, name = check()
-            checks[name] = "ok" if ok else "failing"
+            ok, name, *detail = check()
+            checks[name] = detail[0] if detail else ("ok" if ok else "failing")
             ready = ready and ok
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 

@@ -24,17 +24,35 @@ from proxy.policies.breaker import CircuitBreakerPolicy
 from proxy.policies.dedup import DedupPolicy
 from proxy.policies.ratelimit import RateLimitPolicy
 from proxy.routing import RouteTable
+from proxy.state.redis_link import RedisLink
 
 
-def build_policies(config: SeawallConfig, metrics: Metrics) -> list[Policy]:
-    """The resilience chain, in the order of spec §2: dedup -> breaker -> limiter."""
+def build_policies(config: SeawallConfig, metrics: Metrics, shared: RedisLink | None = None) -> list[Policy]:
+    """The resilience chain, in the order of spec §2: dedup -> breaker -> limiter.
+
+    `shared` is the Redis link when `state.backend` is `redis`: policies keep their numbers there.
+    """
     policies: list[Policy] = []
     if config.dedup.enabled:
-        policies.append(DedupPolicy(config.dedup, metrics))
+        policies.append(
+            DedupPolicy(config.dedup, metrics, shared=shared, upstream_timeout=config.upstream.timeout)
+        )
     if config.breakers.enabled:
-        policies.append(CircuitBreakerPolicy(config.breakers, metrics, aliases=config.identity.aliases))
+        policies.append(
+            CircuitBreakerPolicy(
+                config.breakers,
+                metrics,
+                aliases=config.identity.aliases,
+                shared=shared,
+                upstream_timeout=config.upstream.timeout,
+            )
+        )
     if config.ratelimit.enabled:
-        policies.append(RateLimitPolicy(config.ratelimit, metrics))
+        policies.append(
+            RateLimitPolicy(
+                config.ratelimit, metrics, shared=shared, upstream_timeout=config.upstream.timeout
+            )
+        )
     return policies
 
 
@@ -45,7 +63,8 @@ class Seawall:
         self.metrics = Metrics()
         self.routes = RouteTable(config.routes, config.identity)
         self.forwarder = Forwarder(config.upstream)
-        self.policies = build_policies(config, self.metrics)
+        self.shared = RedisLink(config.state.redis, self.metrics) if config.state.backend == "redis" else None
+        self.policies = build_policies(config, self.metrics, self.shared)
         self.pipeline = Pipeline(
             self.policies,
             self.forwarder,
@@ -62,6 +81,8 @@ class Seawall:
 
     async def start(self) -> None:
         await self.forwarder.start()
+        if self.shared is not None:
+            await self.shared.start()
         for policy in self.policies:
             starter = getattr(policy, "start", None)
             if starter is not None:
@@ -112,6 +133,8 @@ class Seawall:
             if closer is not None:
                 await closer()
         await self.forwarder.close()
+        if self.shared is not None:
+            await self.shared.close()
         log.info("seawall stopped")
 
     @staticmethod
@@ -132,6 +155,8 @@ class Seawall:
 
     def readiness_checks(self) -> list[Any]:
         checks: list[Any] = [lambda: (self.forwarder.ready, "upstream_session")]
+        if self.shared is not None:
+            checks.append(self.shared.ready)
         for policy in self.policies:
             ready = getattr(policy, "ready", None)
             if ready is not None:
@@ -146,6 +171,10 @@ class Seawall:
             "uptime_seconds": round(time.time() - self._started_at, 3),
             "routes": self.routes.names,
             "policies": [policy.name for policy in self.policies],
+            "state": {
+                "backend": self.config.state.backend,
+                "up": True if self.shared is None else self.shared.up,
+            },
         }
         for policy in self.policies:
             describe = getattr(policy, "status", None)

@@ -189,6 +189,9 @@ class DedupConfig(_Model):
     enabled: bool = True
     ttl: PositiveSeconds = 120.0
     max_entries: int = Field(default=100_000, ge=1)
+    lock_ttl: PositiveSeconds = Field(
+        default=6.0, description="with state: redis, a claim whose replica died expires after this"
+    )
     idempotency_header: str = "Idempotency-Key"
     rules: tuple[DedupRule, ...] = ()
 

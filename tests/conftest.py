@@ -1,1 +1,1 @@
-pytest_plugins = ["fixtures_proxy", "fixtures_simulator"]
+pytest_plugins = ["fixtures_proxy", "fixtures_simulator", "fixtures_redis"]

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 from fixtures_proxy import RecordingUpstream, StartSeawall, wait_until
+from fixtures_redis import RedisServer
 from fixtures_simulator import SignedClient, SimFactory
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -445,6 +446,18 @@ async def sim(sim_factory: SimFactory) -> Simulator:
     return await sim_factory("orderly", limits={"orders_get": 100_000})
 
 
+Backend = dict[str, Any]  # config overrides that choose where breaker state lives
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each scenario runs on both backends: state in this process, or on a real Redis (one replica)."""
+    if request.param == "memory":
+        return {}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"state": {"backend": "redis", "redis": {"url": server.url}}}
+
+
 # The limiter's budget (orders.list: 10/s per key) would shape these storms; here only the breaker acts.
 ISOLATED: dict[str, Any] = {"ratelimit": {"enabled": False}}
 
@@ -490,10 +503,10 @@ def outcomes(seawall: Seawall, outcome: str) -> float:
 
 
 async def test_storm_opens_the_breaker_and_the_exchange_sees_no_more_traffic(
-    sim: Simulator, start_seawall: StartSeawall
+    sim: Simulator, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     seawall = await start_seawall(
-        "orderly", sim.base_url, **ISOLATED, breakers=breaker_rules(reset_timeout=30)
+        "orderly", sim.base_url, **ISOLATED, breakers=breaker_rules(reset_timeout=30), **backend
     )
     sim.add_fault({"kind": "error", "code": -1012, "routes": ["orders.list"]})
     async with aiohttp.ClientSession() as session:
@@ -515,9 +528,9 @@ async def test_storm_opens_the_breaker_and_the_exchange_sees_no_more_traffic(
 
 
 async def test_one_probe_in_half_open_and_recovery_after_the_storm_ends(
-    sim: Simulator, start_seawall: StartSeawall
+    sim: Simulator, start_seawall: StartSeawall, backend: Backend
 ) -> None:
-    seawall = await start_seawall("orderly", sim.base_url, **ISOLATED, breakers=breaker_rules())
+    seawall = await start_seawall("orderly", sim.base_url, **ISOLATED, breakers=breaker_rules(), **backend)
     storm = sim.add_fault({"kind": "error", "code": -1011, "routes": ["orders.list"]})
     async with aiohttp.ClientSession() as session:
         bot = Bot(sim, seawall.proxy_url, session)
@@ -551,9 +564,9 @@ async def test_one_probe_in_half_open_and_recovery_after_the_storm_ends(
 
 
 async def test_flood_of_bad_requests_never_opens_the_breaker(
-    sim: Simulator, start_seawall: StartSeawall
+    sim: Simulator, start_seawall: StartSeawall, backend: Backend
 ) -> None:
-    seawall = await start_seawall("orderly", sim.base_url, **ISOLATED, breakers=breaker_rules())
+    seawall = await start_seawall("orderly", sim.base_url, **ISOLATED, breakers=breaker_rules(), **backend)
     sim.add_fault({"kind": "error", "code": -1005, "routes": ["orders.list"]})
     async with aiohttp.ClientSession() as session:
         bot = Bot(sim, seawall.proxy_url, session)
@@ -564,10 +577,10 @@ async def test_flood_of_bad_requests_never_opens_the_breaker(
 
 
 async def test_requests_racing_the_opening_each_get_exactly_one_answer(
-    sim: Simulator, start_seawall: StartSeawall
+    sim: Simulator, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     seawall = await start_seawall(
-        "orderly", sim.base_url, **ISOLATED, breakers=breaker_rules(reset_timeout=30)
+        "orderly", sim.base_url, **ISOLATED, breakers=breaker_rules(reset_timeout=30), **backend
     )
     sim.add_fault({"kind": "error", "code": -1011, "routes": ["orders.list"]})
     sim.add_fault({"kind": "latency", "delay": 0.01, "routes": ["orders.list"]})
@@ -586,13 +599,14 @@ async def test_requests_racing_the_opening_each_get_exactly_one_answer(
 
 @pytest.mark.parametrize("trip_on_transport", [True, False])
 async def test_dropped_connections_trip_the_breaker_when_configured(
-    sim: Simulator, start_seawall: StartSeawall, trip_on_transport: bool
+    sim: Simulator, start_seawall: StartSeawall, backend: Backend, trip_on_transport: bool
 ) -> None:
     seawall = await start_seawall(
         "orderly",
         sim.base_url,
         **ISOLATED,
         breakers=breaker_rules(trip_on_transport=trip_on_transport, reset_timeout=30),
+        **backend,
     )
     sim.add_fault({"kind": "reset", "routes": ["orders.list"]})
     async with aiohttp.ClientSession() as session:
@@ -608,7 +622,9 @@ async def test_dropped_connections_trip_the_breaker_when_configured(
         assert reached(sim) == 6
 
 
-async def test_open_breaker_spends_no_rate_budget(sim: Simulator, start_seawall: StartSeawall) -> None:
+async def test_open_breaker_spends_no_rate_budget(
+    sim: Simulator, start_seawall: StartSeawall, backend: Backend
+) -> None:
     # The whole chain, limiter included: 5 requests per 10 s for orders.list, excess rejected at once.
     budget = {
         "rules": [
@@ -621,7 +637,9 @@ async def test_open_breaker_spends_no_rate_budget(sim: Simulator, start_seawall:
             }
         ]
     }
-    seawall = await start_seawall("orderly", sim.base_url, ratelimit=budget, breakers=breaker_rules())
+    seawall = await start_seawall(
+        "orderly", sim.base_url, ratelimit=budget, breakers=breaker_rules(), **backend
+    )
     storm = sim.add_fault({"kind": "error", "code": -1011, "routes": ["orders.list"]})
     async with aiohttp.ClientSession() as session:
         bot = Bot(sim, seawall.proxy_url, session)
@@ -639,7 +657,7 @@ async def test_open_breaker_spends_no_rate_budget(sim: Simulator, start_seawall:
 
 
 async def test_shipped_profile_isolates_an_accounts_rpc_reject_storm(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     async def responder(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
         if request.headers["orderly-account-id"] == "0xliquidating":
@@ -648,7 +666,7 @@ async def test_shipped_profile_isolates_an_accounts_rpc_reject_storm(
         return web.json_response({"success": True, "data": {"order_id": 1}, "timestamp": 1})
 
     upstream.responder = responder
-    seawall = await start_seawall("orderly", upstream.url)
+    seawall = await start_seawall("orderly", upstream.url, **backend)
 
     async def place(account: str) -> tuple[int, str | None, int | None]:
         headers = {"orderly-account-id": account, "orderly-key": f"ed25519:KEY-OF-{account}"}

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from fixtures_proxy import RecordingUpstream, StartSeawall, seawall_config, wait_until
+from fixtures_redis import RedisServer
 from fixtures_simulator import SignedClient
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -93,16 +94,27 @@ def _orders_for(sim: Simulator, cid: str) -> int:
 
 MARKET_BUY = {"symbol": "PERP_ETH_USDC", "order_type": "MARKET", "order_quantity": 0.01, "side": "BUY"}
 
+Backend = dict[str, Any]  # config overrides that choose where dedup entries live
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each scenario runs on both backends: entries in this process, or on a real Redis (one replica)."""
+    if request.param == "memory":
+        return {}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"state": {"backend": "redis", "redis": {"url": server.url}}}
+
 
 # --- against the simulator ------------------------------------------------------------------------
 
 
 async def test_twenty_concurrent_identical_placements_make_one_order_and_twenty_equal_answers(
-    orderly_sim: Simulator, sim_http: aiohttp.ClientSession, start_seawall: StartSeawall
+    orderly_sim: Simulator, sim_http: aiohttp.ClientSession, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     # The exchange is slow for the first placement, so the twins arrive while it is in flight.
     orderly_sim.add_fault({"kind": "latency", "delay": 0.3, "paths": ["/v1/order"], "count": 1})
-    seawall = await start_seawall("orderly", orderly_sim.base_url)
+    seawall = await start_seawall("orderly", orderly_sim.base_url, **backend)
     bot = _through(sim_http, orderly_sim, seawall)
     order = {**MARKET_BUY, "client_order_id": "burst-1"}
     answers = await asyncio.gather(*(bot.orderly("POST", "/v1/order", order) for _ in range(20)))
@@ -123,12 +135,16 @@ async def test_twenty_concurrent_identical_placements_make_one_order_and_twenty_
 
 @pytest.mark.parametrize("lose_mode", ["reset", "504"])
 async def test_retry_after_a_lost_answer_never_places_a_second_order(
-    orderly_sim: Simulator, sim_http: aiohttp.ClientSession, start_seawall: StartSeawall, lose_mode: str
+    orderly_sim: Simulator,
+    sim_http: aiohttp.ClientSession,
+    start_seawall: StartSeawall,
+    backend: Backend,
+    lose_mode: str,
 ) -> None:
     # The exchange accepts (and fills: MARKET) the order, then the answer is lost on the way back.
     lost = {"kind": "lose_answer", "lose_mode": lose_mode, "paths": ["/v1/order"], "count": 1}
     orderly_sim.add_fault(lost)
-    seawall = await start_seawall("orderly", orderly_sim.base_url)
+    seawall = await start_seawall("orderly", orderly_sim.base_url, **backend)
     bot = _through(sim_http, orderly_sim, seawall)
     order = {**MARKET_BUY, "client_order_id": "lost-1"}
     first = await bot.orderly("POST", "/v1/order", order)
@@ -145,10 +161,10 @@ async def test_retry_after_a_lost_answer_never_places_a_second_order(
 
 
 async def test_exchange_try_again_is_not_stored_and_the_retry_places_the_order(
-    orderly_sim: Simulator, sim_http: aiohttp.ClientSession, start_seawall: StartSeawall
+    orderly_sim: Simulator, sim_http: aiohttp.ClientSession, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     orderly_sim.add_fault({"kind": "error", "code": -1012, "paths": ["/v1/order"], "count": 1})
-    seawall = await start_seawall("orderly", orderly_sim.base_url)
+    seawall = await start_seawall("orderly", orderly_sim.base_url, **backend)
     bot = _through(sim_http, orderly_sim, seawall)
     order = {**MARKET_BUY, "client_order_id": "transient-1"}
     first = await bot.orderly("POST", "/v1/order", order)
@@ -159,9 +175,9 @@ async def test_exchange_try_again_is_not_stored_and_the_retry_places_the_order(
 
 
 async def test_woox_v1_form_and_v3_json_placements_are_deduplicated_and_zero_is_no_identity(
-    woox_sim: Simulator, sim_http: aiohttp.ClientSession, start_seawall: StartSeawall
+    woox_sim: Simulator, sim_http: aiohttp.ClientSession, start_seawall: StartSeawall, backend: Backend
 ) -> None:
-    seawall = await start_seawall("woox", woox_sim.base_url)
+    seawall = await start_seawall("woox", woox_sim.base_url, **backend)
     bot = _through(sim_http, woox_sim, seawall)
     v1 = {"order_quantity": "0.01", "order_type": "MARKET", "side": "BUY", "symbol": "SPOT_BTC_USDT"}
     for cid in (21, 21, 0, 0):
@@ -178,7 +194,7 @@ async def test_woox_v1_form_and_v3_json_placements_are_deduplicated_and_zero_is_
 
 
 async def test_retry_within_ttl_gets_the_stored_answer_byte_for_byte(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     async def answer(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
         return web.Response(
@@ -188,7 +204,7 @@ async def test_retry_within_ttl_gets_the_stored_answer_byte_for_byte(
         )
 
     upstream.responder = answer
-    seawall = await start_seawall("orderly", upstream.url)
+    seawall = await start_seawall("orderly", upstream.url, **backend)
     async with aiohttp.ClientSession() as session:
         first = await _place(session, seawall, _order())
         retry = await _place(session, seawall, _order())
@@ -203,9 +219,9 @@ async def test_retry_within_ttl_gets_the_stored_answer_byte_for_byte(
 
 
 async def test_two_equal_orders_without_identity_both_reach_the_exchange(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
-    seawall = await start_seawall("orderly", upstream.url)
+    seawall = await start_seawall("orderly", upstream.url, **backend)
     async with aiohttp.ClientSession() as session:
         for _ in range(2):
             await _place(session, seawall, _order(cid=None))
@@ -213,9 +229,9 @@ async def test_two_equal_orders_without_identity_both_reach_the_exchange(
 
 
 async def test_same_client_order_id_on_two_accounts_never_collides(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
-    seawall = await start_seawall("orderly", upstream.url)
+    seawall = await start_seawall("orderly", upstream.url, **backend)
     other = {**ORDERLY_BOT, "orderly-account-id": "0xacc2", "orderly-key": "ed25519:KEY2"}
     async with aiohttp.ClientSession() as session:
         for headers in (ORDERLY_BOT, other):
@@ -225,10 +241,10 @@ async def test_same_client_order_id_on_two_accounts_never_collides(
 
 
 async def test_woox_keys_of_one_account_share_client_order_ids(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     seawall = await start_seawall(
-        "woox", upstream.url, identity={"key_accounts": {"KEY-A": "acct-1", "KEY-B": "acct-1"}}
+        "woox", upstream.url, identity={"key_accounts": {"KEY-A": "acct-1", "KEY-B": "acct-1"}}, **backend
     )
     form = b"client_order_id=9&order_quantity=1&order_type=MARKET&side=BUY&symbol=SPOT_BTC_USDT"
     async with aiohttp.ClientSession() as session:
@@ -240,7 +256,7 @@ async def test_woox_keys_of_one_account_share_client_order_ids(
 
 
 async def test_same_identity_with_another_payload_is_answered_1007_and_never_forwarded(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     release = asyncio.Event()
 
@@ -249,7 +265,7 @@ async def test_same_identity_with_another_payload_is_answered_1007_and_never_for
         return web.json_response({"success": True, "data": {"order_id": 1}})
 
     upstream.responder = slow
-    seawall = await start_seawall("orderly", upstream.url)
+    seawall = await start_seawall("orderly", upstream.url, **backend)
     url = seawall.proxy_url + "/v1/order"
     async with aiohttp.ClientSession() as session:
         first = asyncio.create_task(_send(session, "POST", url, _order(quantity=0.01), _signed(ORDERLY_BOT)))
@@ -267,9 +283,9 @@ async def test_same_identity_with_another_payload_is_answered_1007_and_never_for
 
 
 async def test_payload_comparison_ignores_json_key_order_and_spacing(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
-    seawall = await start_seawall("orderly", upstream.url)
+    seawall = await start_seawall("orderly", upstream.url, **backend)
     reordered = (
         b'{"client_order_id":"bot-1", "side": "BUY", "order_quantity": 0.010, "order_type": "MARKET",'
         b' "symbol": "PERP_ETH_USDC"}'
@@ -293,7 +309,7 @@ TRANSIENT_ANSWERS = [
 
 @pytest.mark.parametrize(("status", "payload"), TRANSIENT_ANSWERS)
 async def test_transient_failures_are_not_replayed(
-    upstream: RecordingUpstream, start_seawall: StartSeawall, status: int, payload: Any
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend, status: int, payload: Any
 ) -> None:
     answers = iter([(status, payload)])
 
@@ -305,7 +321,7 @@ async def test_transient_failures_are_not_replayed(
 
     upstream.responder = flaky
     # The limiter would cool the key down after an exchange -1003; what is tested here is dedup alone.
-    seawall = await start_seawall("orderly", upstream.url, ratelimit={"enabled": False})
+    seawall = await start_seawall("orderly", upstream.url, ratelimit={"enabled": False}, **backend)
     url = seawall.proxy_url + "/v1/order"
     async with aiohttp.ClientSession() as session:
         first = await _send(session, "POST", url, _order(), _signed(ORDERLY_BOT))
@@ -318,13 +334,13 @@ async def test_transient_failures_are_not_replayed(
 
 
 async def test_a_refused_answer_that_is_the_bots_fault_is_replayed(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     async def too_small(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
         return web.json_response({"success": False, "code": -1102, "message": "too small"}, status=400)
 
     upstream.responder = too_small
-    seawall = await start_seawall("orderly", upstream.url)
+    seawall = await start_seawall("orderly", upstream.url, **backend)
     async with aiohttp.ClientSession() as session:
         for _ in range(2):
             status, _, body = await _place(session, seawall, _order())
@@ -333,7 +349,7 @@ async def test_a_refused_answer_that_is_the_bots_fault_is_replayed(
 
 
 async def test_twins_of_a_transient_failure_get_that_failure_and_a_later_retry_goes_through(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     release = asyncio.Event()
     answers = iter([{"success": False, "code": -1011, "message": "try again"}])
@@ -344,7 +360,7 @@ async def test_twins_of_a_transient_failure_get_that_failure_and_a_later_retry_g
         return web.json_response(data, status=400 if data["success"] is False else 200)
 
     upstream.responder = storm
-    seawall = await start_seawall("orderly", upstream.url)
+    seawall = await start_seawall("orderly", upstream.url, **backend)
     url = seawall.proxy_url + "/v1/order"
     async with aiohttp.ClientSession() as session:
         twins = [
@@ -361,8 +377,10 @@ async def test_twins_of_a_transient_failure_get_that_failure_and_a_later_retry_g
     assert len(upstream.seen) == 2
 
 
-async def test_unreachable_exchange_is_transient_so_retries_are_not_held(start_seawall: StartSeawall) -> None:
-    seawall = await start_seawall("orderly", f"http://127.0.0.1:{_free_port()}")
+async def test_unreachable_exchange_is_transient_so_retries_are_not_held(
+    start_seawall: StartSeawall, backend: Backend
+) -> None:
+    seawall = await start_seawall("orderly", f"http://127.0.0.1:{_free_port()}", **backend)
     async with aiohttp.ClientSession() as session:
         for _ in range(2):
             _, headers, _ = await _place(session, seawall, _order())
@@ -372,9 +390,9 @@ async def test_unreachable_exchange_is_transient_so_retries_are_not_held(start_s
 
 
 async def test_idempotency_key_deduplicates_any_route_and_never_reaches_the_exchange(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
-    seawall = await start_seawall("orderly", upstream.url)
+    seawall = await start_seawall("orderly", upstream.url, **backend)
     url = seawall.proxy_url + "/v1/client/leverages"
     body = b'{"leverage": 5}'
     async with aiohttp.ClientSession() as session:
@@ -397,13 +415,13 @@ async def test_idempotency_key_deduplicates_any_route_and_never_reaches_the_exch
 
 
 async def test_body_hash_identity_applies_only_where_a_rule_opts_in(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     rules = [
         {"routes": ["order.place"], "identity": "client_order_id"},
         {"routes": ["account.leverage"], "identity": "body_hash"},
     ]
-    seawall = await start_seawall("orderly", upstream.url, dedup={"rules": rules})
+    seawall = await start_seawall("orderly", upstream.url, dedup={"rules": rules}, **backend)
     async with aiohttp.ClientSession() as session:
         # Same params, other key order, fresh timestamp and signature: one identity.
         for body in (
@@ -435,7 +453,7 @@ async def test_body_hash_identity_applies_only_where_a_rule_opts_in(
 
 
 async def test_bot_hanging_up_does_not_abandon_its_order_and_the_retry_gets_its_answer(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     release = asyncio.Event()
 
@@ -444,7 +462,7 @@ async def test_bot_hanging_up_does_not_abandon_its_order_and_the_retry_gets_its_
         return web.json_response({"success": True, "data": {"order_id": 42}})
 
     upstream.responder = slow
-    seawall = await start_seawall("orderly", upstream.url)
+    seawall = await start_seawall("orderly", upstream.url, **backend)
     url = seawall.proxy_url + "/v1/order"
     async with aiohttp.ClientSession() as session:
         impatient = asyncio.create_task(_send(session, "POST", url, _order(), _signed(ORDERLY_BOT)))
@@ -459,8 +477,10 @@ async def test_bot_hanging_up_does_not_abandon_its_order_and_the_retry_gets_its_
     assert len(upstream.seen) == 1
 
 
-async def test_entries_expire_after_the_ttl(upstream: RecordingUpstream, start_seawall: StartSeawall) -> None:
-    seawall = await start_seawall("orderly", upstream.url, dedup={"ttl": "300ms"})
+async def test_entries_expire_after_the_ttl(
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
+) -> None:
+    seawall = await start_seawall("orderly", upstream.url, dedup={"ttl": "300ms"}, **backend)
     url = seawall.proxy_url + "/v1/order"
     async with aiohttp.ClientSession() as session:
         await _send(session, "POST", url, _order(), _signed(ORDERLY_BOT))
@@ -474,6 +494,7 @@ async def test_entries_expire_after_the_ttl(upstream: RecordingUpstream, start_s
 async def test_oldest_entries_are_evicted_beyond_max_entries(
     upstream: RecordingUpstream, start_seawall: StartSeawall
 ) -> None:
+    # The memory backend's cap (with Redis, TTLs bound Redis; this cap bounds only the replica's copy).
     seawall = await start_seawall("orderly", upstream.url, dedup={"max_entries": 2})
     url = seawall.proxy_url + "/v1/order"
     async with aiohttp.ClientSession() as session:
@@ -485,9 +506,9 @@ async def test_oldest_entries_are_evicted_beyond_max_entries(
 
 
 async def test_status_and_metrics_show_counts_but_no_key_or_client_order_id(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
-    seawall = await start_seawall("orderly", upstream.url)
+    seawall = await start_seawall("orderly", upstream.url, **backend)
     async with aiohttp.ClientSession() as session:
         await _place(session, seawall, _order("secret-cid"))
         await _place(session, seawall, _order("secret-cid"))

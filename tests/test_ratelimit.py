@@ -1,7 +1,9 @@
 """Rate limiting (PRODUCT.md §4): never a -1003 from the exchange, the budget still used, bursts at once.
 
 The guarantees are shown against the built-in simulator (strict sliding windows) with short windows and
-small limits, through a running Seawall; the slot accounting itself is tested on a manual clock.
+small limits, through a running Seawall; the slot accounting itself is tested on a manual clock. Every
+test that starts a Seawall or a state runs twice: on the memory state and on a real Redis (`state:
+redis`), which must behave the same (tests/test_ratelimit_redis.py has what only Redis does).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,10 +23,13 @@ from fixtures_proxy import RecordingUpstream, StartSeawall, wait_until
 from fixtures_simulator import SignedClient, SimFactory
 
 from proxy.app import Seawall
-from proxy.config import build_config
+from proxy.config import RedisConfig, build_config
 from proxy.identity import key_fingerprint
+from proxy.metrics import Metrics
 from proxy.simulator import routes_orderly, routes_woox
-from proxy.state.ratelimit import Claim, MemoryRateLimitState
+from proxy.state.ratelimit import Claim, MemoryRateLimitState, RateLimitState
+from proxy.state.ratelimit_redis import RedisRateLimitState
+from proxy.state.redis_link import RedisLink
 
 _ids = itertools.count()
 
@@ -64,6 +70,50 @@ def max_in_any_window(stamps: list[float], window: float) -> int:
     return best
 
 
+# --- both backends ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> str | None:
+    """None for the memory state; for Redis, the URL of a real redis-server started for the test."""
+    if request.param == "memory":
+        return None
+    return str(request.getfixturevalue("redis_server").url)
+
+
+@pytest.fixture
+def start_seawall(backend: str | None, start_seawall: StartSeawall) -> StartSeawall:
+    """The shared `start_seawall`, on the backend under test."""
+    if backend is None:
+        return start_seawall
+
+    async def start(profile: str, upstream_url: str, **overrides: Any) -> Seawall:
+        state = {"backend": "redis", "redis": {"url": backend}}
+        return await start_seawall(profile, upstream_url, state=state, **overrides)
+
+    return start
+
+
+@pytest.fixture
+async def rate_state(backend: str | None) -> AsyncIterator[RateLimitState]:
+    """A rate-limit state on the backend under test; Redis stamps with the caller's (manual) clock."""
+    if backend is None:
+        yield MemoryRateLimitState()
+        return
+    link = RedisLink(RedisConfig(url=backend), Metrics())
+    await link.start()
+    state = RedisRateLimitState(link, Metrics(), in_flight_expiry=10.0, server_clock=False)
+    yield state
+    await state.close()
+    await link.close()
+
+
+async def settled(state: RateLimitState) -> None:
+    """Redis releases run in the background (the answer does not wait for them): let them land."""
+    if isinstance(state, RedisRateLimitState):
+        await state.settled()
+
+
 # --- slot accounting, on a manual clock -------------------------------------------------------------
 
 
@@ -71,21 +121,23 @@ def claim(rule_name: str = "r", limit: int = 2, hold: float = 1.0, cost: int = 1
     return Claim(rule_name, scope, "alias", limit, hold, cost)
 
 
-async def test_a_slot_is_held_until_one_window_after_its_answer() -> None:
-    state = MemoryRateLimitState()
+async def test_a_slot_is_held_until_one_window_after_its_answer(rate_state: RateLimitState) -> None:
+    state = rate_state
     one = (claim(limit=1, hold=1.0),)
-    assert (await state.acquire(one, (0,), 10.0)).admitted
+    admitted = await state.acquire(one, (0,), 10.0)
+    assert admitted.admitted
     refused = await state.acquire(one, (0,), 10.5)  # in flight: free at least one window from now
     assert not refused.admitted and refused.waits == pytest.approx((1.0,))
-    await state.release(one, 10.8)  # the answer: the exchange may have stamped it as late as 10.8
+    await state.release(one, 10.8, admitted.ticket)  # the exchange may have stamped it as late as 10.8
+    await settled(state)
     refused = await state.acquire(one, (0,), 11.5)
     assert not refused.admitted and refused.waits == pytest.approx((0.3,))
     assert not (await state.acquire(one, (0,), 11.79)).admitted
     assert (await state.acquire(one, (0,), 11.81)).admitted
 
 
-async def test_a_request_under_several_rules_takes_from_all_or_none() -> None:
-    state = MemoryRateLimitState()
+async def test_a_request_under_several_rules_takes_from_all_or_none(rate_state: RateLimitState) -> None:
+    state = rate_state
     place, batch = claim("place", limit=10, cost=3), claim("batch", limit=1, cost=1)
     assert (await state.acquire((place, batch), (0, 0), 0.0)).admitted
     refused = await state.acquire((place, batch), (0, 0), 0.1)  # the batch rule is full
@@ -93,28 +145,29 @@ async def test_a_request_under_several_rules_takes_from_all_or_none() -> None:
     assert [(u.rule, u.used) for u in state.usage(0.1)] == [("place", 3), ("batch", 1)]  # nothing taken
 
 
-async def test_a_queued_request_knows_a_lower_bound_of_its_wait() -> None:
-    state = MemoryRateLimitState()
+async def test_a_queued_request_knows_a_lower_bound_of_its_wait(rate_state: RateLimitState) -> None:
+    state = rate_state
     one = claim(limit=2, hold=1.0)
-    for _ in range(2):
-        assert (await state.acquire((one,), (0,), 0.0)).admitted
-    await state.release((one,), 0.1)  # frees at 1.1; the other is still in flight (free >= now + 1.0)
+    first = await state.acquire((one,), (0,), 0.0)
+    assert first.admitted and (await state.acquire((one,), (0,), 0.0)).admitted
+    await state.release((one,), 0.1, first.ticket)  # frees at 1.1; the other is in flight (>= now + 1)
+    await settled(state)
     assert (await state.acquire((one,), (0,), 0.5)).waits == pytest.approx((0.6,))
     assert (await state.acquire((one,), (1,), 0.5)).waits == pytest.approx((1.0,))  # behind one
     assert (await state.acquire((one,), (2,), 0.5)).waits == pytest.approx((1.6,))  # a second round
     assert (await state.acquire((claim(limit=2, cost=3),), (0,), 0.5)).waits == (float("inf"),)
 
 
-async def test_idle_scopes_are_forgotten_but_busy_ones_kept() -> None:
-    state = MemoryRateLimitState()
+async def test_idle_scopes_are_forgotten_but_busy_ones_kept(rate_state: RateLimitState) -> None:
+    state = rate_state
     for symbol in range(100):
-        await state.acquire((claim(scope=f"s{symbol}"),), (0,), 0.0)
-        await state.release((claim(scope=f"s{symbol}"),), 0.0)
+        verdict = await state.acquire((claim(scope=f"s{symbol}"),), (0,), 0.0)
+        await state.release((claim(scope=f"s{symbol}"),), 0.0, verdict.ticket)
     await state.acquire((claim(scope="busy"),), (0,), 0.0)  # in flight, never answered
-    assert len(state) == 101
+    assert len(state) == 101  # type: ignore[arg-type]
     assert state.drop_idle(0.5, idle_for=10.0) == 0  # slots still held, and not idle long enough
     assert state.drop_idle(20.0, idle_for=10.0) == 100
-    assert [u.label for u in state.usage(20.0)] == ["alias"] and len(state) == 1
+    assert [u.label for u in state.usage(20.0)] == ["alias"] and len(state) == 1  # type: ignore[arg-type]
 
 
 # --- why not aiolimiter ------------------------------------------------------------------------------

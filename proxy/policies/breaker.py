@@ -14,6 +14,11 @@ pybreaker runs the state machine and its listeners feed metrics and logs, but it
 (its async helper needs Tornado) and PITFALLS.md lists its edges, so it is driven deliberately: admission
 is decided here; an outcome is reported to pybreaker only after the classified answer arrives, only if it
 is a success or a trip failure, and only if the request was admitted in the breaker's current epoch.
+
+With `state: redis` (`shared`), breaker scopes are shared by every replica: an opening anywhere makes all
+of them answer locally, and one probe goes out across all of them (proxy/state/breaker_redis.py has the
+protocol and its consistency window). pybreaker still runs here; the storage syncs the shared facts
+before admission and publishes openings and closings after the answer. Without Redis, local state.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from proxy.logs import log
 from proxy.metrics import Metrics
 from proxy.pipeline import Handler
 from proxy.state.breaker import BreakerScopeStorage, BreakerStateStore, MemoryBreakerStore
+from proxy.state.breaker_redis import RedisBreakerStore
+from proxy.state.redis_link import RedisLink
 
 STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 # A gateway in front of the exchange answers these with an HTML page when it cannot reach it.
@@ -122,10 +129,16 @@ class CircuitBreakerPolicy:
         aliases: Mapping[str, str] | None = None,
         store: BreakerStateStore | None = None,
         clock: Callable[[], float] = time.monotonic,
+        shared: RedisLink | None = None,
+        upstream_timeout: float = 10.0,
     ) -> None:
+        """`shared`: share breaker state through Redis. A probe claim there lasts at most `upstream_timeout`
+        (the forwarder's total) plus a margin for a queued probe, should its replica die."""
         self._metrics = metrics
         self._aliases = dict(aliases or {})
-        self._store = store or MemoryBreakerStore()
+        if store is None and shared is not None:
+            store = RedisBreakerStore(shared, probe_ttl=upstream_timeout + 5.0)
+        self._store: BreakerStateStore = store or MemoryBreakerStore()
         self._clock = clock
         self._rules = config.rules if config.enabled else ()
         self._by_route: dict[str, list[BreakerRule]] = {}
@@ -143,10 +156,16 @@ class CircuitBreakerPolicy:
         rules = self._by_route.get(ctx.route.name, []) + self._any_route
         if not rules:
             return await call_next(ctx)
+        scopes = [self._scope(rule, ctx) for rule in rules]
+        for scope in scopes:
+            await scope.storage.sync(self._clock())  # what other replicas did (no-op in memory)
+            if scope.storage.trip_code is not None:
+                scope.failure_code = scope.storage.trip_code
+            scope.breaker.state  # noqa: B018  # pybreaker notices a state changed elsewhere, tells listeners
         tickets: list[_Ticket] = []
         try:
-            for rule in rules:
-                tickets.append(self._admit(rule, ctx))
+            for scope in scopes:
+                tickets.append(await self._admit(scope))
         except CircuitOpen:
             for ticket in tickets:
                 self._settle(ticket, None)
@@ -156,6 +175,7 @@ class CircuitBreakerPolicy:
         except UpstreamUnavailable:
             for ticket in tickets:
                 self._settle(ticket, TRANSPORT_CODE if ticket.scope.rule.trip_on_transport else None)
+            await self._publish(tickets)
             raise
         except BaseException:
             # Answered below without reaching the exchange (the limiter said no), or the bot hung up
@@ -165,7 +185,13 @@ class CircuitBreakerPolicy:
             raise
         for ticket in tickets:
             self._settle(ticket, self._judge(ticket.scope.rule, answer))
+        await self._publish(tickets)
         return answer
+
+    async def _publish(self, tickets: list[_Ticket]) -> None:
+        """Tell other replicas of an opening or closing this answer caused (no-op in memory)."""
+        for ticket in tickets:
+            await ticket.scope.storage.publish(self._clock())
 
     # -- decisions ------------------------------------------------------------------------------------
 
@@ -178,8 +204,7 @@ class CircuitBreakerPolicy:
             return TRANSPORT_CODE if rule.trip_on_transport else None
         return SUCCESS if answer.status < 400 else None
 
-    def _admit(self, rule: BreakerRule, ctx: RequestContext) -> _Ticket:
-        scope = self._scope(rule, ctx)
+    async def _admit(self, scope: _Scope) -> _Ticket:
         storage = scope.storage
         state = scope.breaker.current_state
         if state == pybreaker.STATE_CLOSED:
@@ -191,7 +216,7 @@ class CircuitBreakerPolicy:
             scope.breaker.half_open()
         # Half-open: pybreaker would let every concurrent request through (measured: 20 of 20), so the
         # one probe slot is claimed here; the rest are answered locally until the probe settles.
-        if storage.claim_probe():
+        if await storage.claim_probe():
             return _Ticket(scope, storage.epoch, probe=True)
         raise self._open_error(scope, 0.0)
 
@@ -216,6 +241,8 @@ class CircuitBreakerPolicy:
         try:
             if news == SUCCESS:
                 scope.breaker.call(_succeed)  # resets the failure count; closes a half-open breaker
+                if state == pybreaker.STATE_HALF_OPEN:
+                    storage.mark_closed()
             else:
                 scope.failure_code = int(news)
                 scope.breaker.call(_fail)
@@ -302,3 +329,6 @@ class CircuitBreakerPolicy:
                 "scopes": scopes,
             }
         return described
+
+    async def close(self) -> None:
+        await self._store.close()

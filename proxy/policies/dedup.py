@@ -12,6 +12,10 @@ Identity exists only where it is explicit, so a bot that deliberately sends two 
 - routes with an `identity: body_hash` rule: (account or key, method, path, canonical params).
 The first that applies wins, in that order. Identities are hashes; no key is ever stored.
 
+With `state: redis` the entries are shared: the guarantee holds across replicas (one claim per identity
+in Redis, twins on other replicas wait for its answer, a claim whose replica died expires after
+`dedup.lock_ttl`); if Redis fails, each replica dedups on its own memory (proxy/state/dedup_redis.py).
+
 What is kept after the first request ends:
 - an answer that settles the request (a success, or an error that is the bot's fault) is stored and
   replayed for the TTL;
@@ -55,6 +59,8 @@ from proxy.logs import log
 from proxy.metrics import Metrics
 from proxy.pipeline import Handler
 from proxy.state.dedup import DedupState, Kept, MemoryDedupState, Settlement, StoredAnswer
+from proxy.state.dedup_redis import RedisDedupState
+from proxy.state.redis_link import RedisLink
 
 # The exchange's "try again" codes (seed table): the request was refused, so a retry must go through.
 TRANSIENT_CODES = frozenset({-1003, -1011, -1012})
@@ -92,12 +98,27 @@ class DedupPolicy:
 
     name = "dedup"
 
-    def __init__(self, config: DedupConfig, metrics: Metrics, state: DedupState | None = None) -> None:
+    def __init__(
+        self,
+        config: DedupConfig,
+        metrics: Metrics,
+        state: DedupState | None = None,
+        *,
+        shared: RedisLink | None = None,
+        upstream_timeout: float = 10.0,
+    ) -> None:
+        """`shared`: keep entries on Redis for every replica (local state when it fails); twins waiting on
+        another replica give up after `upstream_timeout` (the forwarder's total) plus the lock TTL."""
         self._enabled = config.enabled
         self._header = config.idempotency_header
         self._ttl = config.ttl
         self._metrics = metrics
-        self._state: DedupState = state or MemoryDedupState(config.max_entries)
+        local = MemoryDedupState(config.max_entries)
+        if state is None and shared is not None:
+            wait_limit = upstream_timeout + config.lock_ttl
+            state = RedisDedupState(shared, local, lock_ttl=config.lock_ttl, wait_limit=wait_limit)
+        self._state: DedupState = state or local
+        self._backend = "memory" if shared is None else "redis"
         # Route -> (identity kind, ttl), built once; the first rule naming a route wins, `*` is the rest.
         self._rules: dict[str, tuple[str, float]] = {}
         for rule in config.rules:
@@ -222,7 +243,11 @@ class DedupPolicy:
         return answer
 
     def status(self) -> dict[str, Any]:
-        return {**self._state.counts(), "ttl_seconds": self._ttl, "routes": sorted(self._rules)}
+        counts = self._state.counts()
+        return {**counts, "backend": self._backend, "ttl_seconds": self._ttl, "routes": sorted(self._rules)}
+
+    async def start(self) -> None:
+        await self._state.start()
 
     async def close(self) -> None:
         for task in list(self._tasks):

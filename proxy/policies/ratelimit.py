@@ -20,6 +20,9 @@ it still fit (so a batch waiting on the 1/s batch rule does not stall single pla
 starved by them). A request whose wait is known to exceed its max wait (the smallest `max_wait` of its
 rules), or whose over-budget rule says `on_limit: reject`, is answered -1003 at once, with Retry-After.
 An upstream -1003 anyway (someone else shares the key) cools the scope down for one window.
+
+With `state: redis` (`shared`), the slots and cool-downs live in Redis for every replica
+(`proxy/state/ratelimit_redis.py`), so many replicas keep one budget; the queues stay per replica.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from proxy.errors import RateLimited
 from proxy.metrics import Metrics
 from proxy.pipeline import Handler
 from proxy.state.ratelimit import Claim, MemoryRateLimitState, RateLimitState, Verdict
+from proxy.state.ratelimit_redis import RedisRateLimitState
+from proxy.state.redis_link import RedisLink
 
 QueueKey = tuple[str, str]  # (rule, scope)
 
@@ -83,6 +88,7 @@ class _Waiter:
     order: tuple[int, int]  # (-priority, arrival): the same order in every queue, so no two block each other
     costs: dict[QueueKey, int]
     poked: bool = False
+    deciding: bool = False  # its acquire is under way (a shared state answers after a round trip)
     wake: asyncio.Future[None] | None = field(default=None, repr=False)
 
     def poke(self) -> None:
@@ -100,6 +106,8 @@ class RateLimitPolicy:
         metrics: Metrics,
         state: RateLimitState | None = None,
         clock: Callable[[], float] = time.monotonic,
+        shared: RedisLink | None = None,
+        upstream_timeout: float = 10.0,
     ) -> None:
         sources = config.rules if config.enabled else ()
         self._rules = [_Rule.from_config(rule, config.margin) for rule in sources]
@@ -108,7 +116,15 @@ class RateLimitPolicy:
             for route in source.routes:
                 self._by_route[route] = (*self._by_route.get(route, ()), rule)
         self._every_route = self._by_route.pop("*", ())
-        self._state: RateLimitState = state if state is not None else MemoryRateLimitState()
+        if state is None:
+            # A slot in flight on a replica that dies is freed by Redis after the longest possible
+            # request (the upstream timeout) plus its hold, instead of never.
+            state = (
+                RedisRateLimitState(shared, metrics, in_flight_expiry=upstream_timeout + 1.0, clock=clock)
+                if shared is not None
+                else MemoryRateLimitState()
+            )
+        self._state: RateLimitState = state
         self._clock = clock
         self._idle_ttl = config.idle_scope_ttl
         self._queues: dict[QueueKey, list[_Waiter]] = {}
@@ -130,17 +146,18 @@ class RateLimitPolicy:
         if not rules:
             return await call_next(ctx)
         claims = tuple(rule.claim(ctx) for rule in rules)
-        await self._admit(ctx.route.name, rules, claims)
+        ticket = await self._admit(ctx.route.name, rules, claims)
         try:
             answer = await call_next(ctx)
         finally:
             # The answer (or the transport failure) is in: the hold-after-answer countdown starts now.
-            await self._state.release(claims, self._clock())
+            await self._state.release(claims, self._clock(), ticket)
         if answer.code == -1003 and answer.source == "upstream":
             await self._cool_down(rules, claims, answer)
         return answer
 
-    async def _admit(self, route: str, rules: Sequence[_Rule], claims: Sequence[Claim]) -> None:
+    async def _admit(self, route: str, rules: Sequence[_Rule], claims: Sequence[Claim]) -> str:
+        """Wait for room in every rule (or raise RateLimited); the admitted verdict's ticket."""
         started = self._clock()
         keys = [(claim.rule, claim.scope) for claim in claims]
         max_wait = min(rule.max_wait for rule in rules)
@@ -151,7 +168,7 @@ class RateLimitPolicy:
             if verdict.admitted:
                 for rule in rules:
                     self._waited[rule.name].observe(0.0)
-                return
+                return verdict.ticket
             self._give_up_if_hopeless(rules, verdict, 0.0, max_wait)
         priority = max(rule.priority.get(route, 0) for rule in rules)
         costs = dict(zip(keys, (claim.cost for claim in claims), strict=True))
@@ -168,7 +185,11 @@ class RateLimitPolicy:
                 waiter.poked = False
                 now = self._clock()
                 ahead = [self._ahead(key, waiter) for key in keys]
-                verdict = await self._state.acquire(claims, ahead, now)
+                waiter.deciding = True
+                try:
+                    verdict = await self._state.acquire(claims, ahead, now)
+                finally:
+                    waiter.deciding = False
                 if verdict.admitted:
                     admitted = True
                     break
@@ -181,6 +202,7 @@ class RateLimitPolicy:
         waited = self._clock() - started
         for rule in rules:
             self._waited[rule.name].observe(waited)
+        return verdict.ticket
 
     def _ahead(self, key: QueueKey, waiter: _Waiter) -> int:
         """Slots reserved in `key`'s scope for the requests queued in front of `waiter`."""
@@ -188,7 +210,10 @@ class RateLimitPolicy:
         for other in self._queues[key]:
             if other is waiter:
                 return ahead
-            ahead += other.costs[key]
+            # One whose acquire is under way may already be counted as admitted by a shared state:
+            # reserving its slots too would make this one wait for a slot nobody takes.
+            if not other.deciding:
+                ahead += other.costs[key]
         return ahead
 
     def _give_up_if_hopeless(
@@ -256,6 +281,9 @@ class RateLimitPolicy:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+        closer = getattr(self._state, "close", None)
+        if closer is not None:
+            await closer()
 
     async def _sweep(self) -> None:
         """Bounded memory: scopes idle for `idle_scope_ttl` are dropped (they hold nothing by then)."""
@@ -267,7 +295,9 @@ class RateLimitPolicy:
     def status(self) -> dict[str, Any]:
         usage = self._state.usage(self._clock())
         busiest = sorted(usage, key=lambda scope: scope.used / scope.limit, reverse=True)[:10]
+        describe = getattr(self._state, "describe", None)
         return {
+            **({"state": describe()} if describe is not None else {}),
             "rules": [rule.name for rule in self._rules],
             "scopes_in_use": len(usage),
             "queued": len({id(w) for queue in self._queues.values() for w in queue}),

@@ -12,10 +12,13 @@ so one backend holds all of them:
 - the half-open probe claim: pybreaker lets every concurrent call through in half-open (measured: 20 of
   20 concurrent `calling()` blocks), so the claim is a state fact a shared backend must make atomic.
 
-The interface is `BreakerStateStore.scope_storage(breaker, scope_id)` -> `BreakerScopeStorage`. A Redis
-implementation must not block the event loop (PITFALLS.md: pybreaker's `CircuitRedisStorage` is
-synchronous, ~190 µs per call, stalled ~4.9 s with Redis down): keep a local storage and synchronise it
-in the background, with `claim_probe` as the one operation that needs an atomic round trip.
+The interface is `BreakerStateStore.scope_storage(breaker, scope_id)` -> `BreakerScopeStorage`. pybreaker
+reads and writes its storage synchronously, so a shared backend (proxy/state/breaker_redis.py) keeps a
+local storage for pybreaker and exchanges the shared facts at the two points where the policy awaits
+anyway: `sync(now)` before admission (pull what other replicas did) and `publish(now)` after an answer
+(push an opening or a closing); `claim_probe` is async because across replicas it is an atomic round
+trip. (PITFALLS.md: pybreaker's own `CircuitRedisStorage` blocks the loop ~190 µs per call and stalled
+~4.9 s with Redis down.) In memory these are no-ops that never suspend, so admission stays atomic.
 """
 
 from __future__ import annotations
@@ -48,19 +51,33 @@ class BreakerScopeStorage(CircuitBreakerStorage):
     def mark_opened(self, open_until: float, trip_code: int) -> None:
         """Record an opening: new epoch, end of the open period, its code; any probe claim is void."""
 
+    def mark_closed(self) -> None:
+        """Record that this replica's probe succeeded and closed the breaker."""
+        return None
+
     @abstractmethod
-    def claim_probe(self) -> bool:
+    async def claim_probe(self) -> bool:
         """Take the one half-open probe slot; False if another request holds it."""
 
     @abstractmethod
     def release_probe(self) -> None:
         """Give the probe slot back (the probe settled, was cancelled, or never reached the exchange)."""
 
+    async def sync(self, now: float) -> None:
+        """Bring in what other replicas did (a shared backend); `now` is on the policy's clock."""
+        return None
+
+    async def publish(self, now: float) -> None:
+        """Tell other replicas of an opening or closing recorded here since the last call."""
+        return None
+
 
 class BreakerStateStore(Protocol):
     """Hands out the storage of one breaker scope; the policy bounds how many it keeps alive."""
 
     def scope_storage(self, breaker: str, scope_id: str) -> BreakerScopeStorage: ...
+
+    async def close(self) -> None: ...
 
 
 class MemoryScopeStorage(CircuitMemoryStorage, BreakerScopeStorage):
@@ -91,7 +108,7 @@ class MemoryScopeStorage(CircuitMemoryStorage, BreakerScopeStorage):
         self._trip_code = trip_code
         self._probe_claimed = False
 
-    def claim_probe(self) -> bool:
+    async def claim_probe(self) -> bool:
         if self._probe_claimed:
             return False
         self._probe_claimed = True
@@ -106,3 +123,6 @@ class MemoryBreakerStore:
 
     def scope_storage(self, breaker: str, scope_id: str) -> BreakerScopeStorage:
         return MemoryScopeStorage()
+
+    async def close(self) -> None:
+        return None

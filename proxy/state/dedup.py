@@ -2,9 +2,11 @@
 
 The policy (`proxy/policies/dedup.py`) decides; this module only keeps entries. Every call of the
 `DedupState` interface is one atomic decision, so a shared implementation can replace the memory one
-without touching the policy: on Redis, `claim` is one Lua script (SET NX of an in-flight record with a
-lock TTL, else return the record), `settle` rewrites the record with the entry TTL (or deletes it) and
-publishes the settlement, and `wait` subscribes or polls until the record leaves the in-flight state.
+without touching the policy: on Redis (proxy/state/dedup_redis.py), `claim` is one Lua script (write an
+in-flight record with a lock TTL, else return the record), `settle` rewrites the record with the entry
+TTL (or deletes it) and publishes the settlement to waiting twins, and `wait` listens and polls until the
+record leaves the in-flight state. That backend keeps a `MemoryDedupState` as its fallback and as this
+replica's copy of what it settled (`peek` and `keep` below).
 
 Identities and fingerprints arrive already hashed: no API key or raw client order id is ever stored.
 """
@@ -99,6 +101,8 @@ class DedupState(Protocol):
         """Entries held, cheap enough to call on every request (expired ones may still count)."""
         ...
 
+    async def start(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -145,6 +149,22 @@ class MemoryDedupState:
         self._enforce_cap()
         return None
 
+    def peek(self, identity: str) -> Entry | None:
+        """The live entry holding `identity`, without claiming it."""
+        flight = self._in_flight.get(identity)
+        if flight is not None:
+            return Entry("in_flight", flight.fingerprint)
+        kept = self._live(identity, self._clock())
+        return None if kept is None else Entry(kept.state, kept.fingerprint, kept.answer)
+
+    def keep(
+        self, identity: str, fingerprint: str, state: Kept, answer: StoredAnswer | None, ttl: float
+    ) -> None:
+        """Hold `identity` as `stored` or `unknown` for `ttl` seconds (a settled claim, or a copy of one)."""
+        self._kept[identity] = _Kept(state, fingerprint, answer, self._clock() + ttl)
+        self._kept.move_to_end(identity)
+        self._enforce_cap()
+
     async def wait(self, identity: str) -> Settlement | None:
         flight = self._in_flight.get(identity)
         if flight is None:
@@ -160,10 +180,9 @@ class MemoryDedupState:
         if flight is None:
             return
         if keep is not None:
-            answer = settlement.answer if keep == "stored" else None
-            self._kept[identity] = _Kept(keep, flight.fingerprint, answer, self._clock() + ttl)
-            self._kept.move_to_end(identity)
-            self._enforce_cap()
+            self.keep(
+                identity, flight.fingerprint, keep, settlement.answer if keep == "stored" else None, ttl
+            )
         if not flight.done.done():
             flight.done.set_result(settlement)
 
@@ -182,6 +201,9 @@ class MemoryDedupState:
 
     def size(self) -> int:
         return len(self._in_flight) + len(self._kept)
+
+    async def start(self) -> None:
+        return None
 
     async def close(self) -> None:
         shutting_down = Settlement(error=SeawallError("seawall is shutting down"))

@@ -13,13 +13,14 @@ The interface, `RateLimitState`:
   a request touches). `ahead[i]` slots stay reserved for requests queued in front of this one in claim
   i's scope, so it is admitted only where they too still fit (FIFO, but a request waiting on another rule
   does not block the others). Refused, it says per claim how long until it would fit (a lower bound);
-- `release(claims, now)` starts the hold-after-answer countdown; `cool_down(claims, until)` marks scopes
-  full until `until` (the exchange answered -1003 anyway: someone else shares the key);
+- `release(claims, now, ticket)` starts the hold-after-answer countdown of the slots an admitted
+  verdict's `ticket` names; `cool_down(claims, until)` marks scopes full until `until` (the exchange
+  answered -1003 anyway: someone else shares the key);
 - `usage(now)`, `busiest_share(rule, now)`, `drop_idle(now, idle_for)` for /status, metrics and memory.
 
-`MemoryRateLimitState` keeps it in this process. A shared (Redis) implementation keeps the same numbers
-per scope (in-flight slots, a sorted list of release times, a cool-down deadline) and makes `acquire` one
-atomic script over every claimed scope; the policy's queues stay local to each replica.
+`MemoryRateLimitState` keeps it in this process. `RedisRateLimitState` (`ratelimit_redis.py`) keeps the
+same numbers per scope in Redis for every replica (in-flight slots, release times, a cool-down deadline)
+and makes `acquire` one atomic script over every claimed scope; the policy's queues stay per replica.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Verdict:
     admitted: bool
     waits: tuple[float, ...]  # per claim: lower bound on the seconds until it has room (0.0: room now)
     cooling: tuple[bool, ...]  # per claim: its scope is cooling down after an upstream -1003
+    ticket: str = ""  # admitted: names its slots for `release` (a shared state must know whose they are)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ class ScopeUsage:
 class RateLimitState(Protocol):
     async def acquire(self, claims: Sequence[Claim], ahead: Sequence[int], now: float) -> Verdict: ...
 
-    async def release(self, claims: Sequence[Claim], now: float) -> None: ...
+    async def release(self, claims: Sequence[Claim], now: float, ticket: str = "") -> None: ...
 
     async def cool_down(self, claims: Sequence[Claim], until: Sequence[float], now: float) -> None: ...
 
@@ -159,7 +161,7 @@ class MemoryRateLimitState:
                 waits.append(scope.wait(now, claim.hold, queued + claim.cost))
         return Verdict(False, tuple(waits), tuple(scope.cooling_until > now for scope in scopes))
 
-    async def release(self, claims: Sequence[Claim], now: float) -> None:
+    async def release(self, claims: Sequence[Claim], now: float, ticket: str = "") -> None:
         for claim in claims:
             scope = self._scope(claim, now)
             scope.in_flight = max(0, scope.in_flight - claim.cost)
@@ -170,6 +172,15 @@ class MemoryRateLimitState:
         for claim, deadline in zip(claims, until, strict=True):
             scope = self._scope(claim, now)
             scope.cooling_until = max(scope.cooling_until, deadline)
+
+    def occupy(self, claim: Claim, slots: int, until: float, now: float, cooling_until: float = 0.0) -> None:
+        """Count `slots` more slots of the claim's scope as held until `until` (slots taken elsewhere: a
+        shared state falling back on this one seeds it with what it last saw)."""
+        scope = self._scope(claim, now)
+        if slots > 0 and until > now:
+            scope.add_release(until, slots)
+        scope.cooling_until = max(scope.cooling_until, cooling_until)
+        scope.last_used = now
 
     def usage(self, now: float) -> list[ScopeUsage]:
         return [

@@ -1,0 +1,349 @@
+"""Deduplication state shared by every replica through Redis, with the memory state as its fallback.
+
+Implements `DedupState` (proxy/state/dedup.py), so `DedupPolicy` is the same for both backends.
+
+One identity is one Redis hash, `<prefix>dedup:<identity>`; identities are already SHA-256 digests of
+(kind, account, id), so no API key, account or client order id appears in a key name or value. Fields:
+`s` state (`f` in flight, `s` stored, `u` unknown), `fp` payload fingerprint, `o` owner token, `w` set when
+a twin waits, `m` answer metadata (JSON: status, headers, reason, code, name) and `b` the body, raw bytes.
+
+Guarantees, across replicas:
+- **Atomic claim.** `claim` is one Lua script: return the record if there is one, else write an in-flight
+  record with a lock TTL (`dedup.lock_ttl`). No two replicas forward the same identity while it is held.
+- **A dead owner does not block retries.** The owner refreshes its locks every `lock_ttl / 3` while its
+  request runs; if its replica dies, the record expires within `lock_ttl` and the next request claims the
+  identity and is forwarded. An in-flight record carries no answer, and a stored answer is written in one
+  script with its TTL, so nobody is ever answered from a half-written entry.
+- **Twins wait for the first answer.** A twin on the owner's replica awaits the owner's future (no Redis
+  traffic). A twin on another replica marks the record (`w`) in its claim; the owner's settle script then
+  publishes the settlement (answer byte for byte, or the local error of a transient failure) on
+  `<prefix>dedup:settled`, which wakes it. It also re-reads the record every `POLL_INTERVAL` (a missed
+  message: pub/sub is fire-and-forget) and gives up after `wait_limit` (the upstream timeout plus the lock
+  TTL) with a transient -1011, so it never hangs. A missed message about a transient failure makes the
+  twin claim again and send once more — the same as the bot's own retry would.
+- **Conflicts** (same identity, other payload) are seen on every replica: the fingerprint is in the record.
+- **Memory** is bounded by Redis TTLs: every record expires (`lock_ttl` in flight, the rule's TTL once
+  settled). `max_entries` bounds only this replica's memory: the local fallback and the local copy of
+  answers it settled. Size Redis `maxmemory` for (identities per second x TTL x answer size) and use
+  `maxmemory-policy volatile-lru`: `noeviction` turns a full Redis into errors (the link goes down and
+  replicas dedup locally), and `volatile-ttl` would evict in-flight claims (shortest TTL) first.
+
+This replica keeps a copy of every entry it settles (`MemoryDedupState.keep`), so its own retries replay
+without a round trip and `/status` counts what this replica holds (entries settled elsewhere are not
+counted: counting Redis would need a scan).
+
+**Redis unreachable or slow** (`RedisLink.call` failed, or the link is down): dedup always falls back to
+the local memory state — `state.redis.on_unavailable: fail_closed` applies to rate limits only. New
+identities are claimed locally, so dedup then holds per replica: twins on one replica still coalesce, twins
+spread over replicas may each reach the exchange (for placements the exchange's own -1007 on a duplicate
+open client order id still applies). In flight at that moment: a claim this replica owns settles into the
+local copy (its retries here are held); a twin waiting on another replica's claim stops waiting and claims
+locally. When the link is back (`RedisLink.on_change`), new claims go to Redis again; entries made locally
+during the outage are kept until their TTL and consulted first on this replica (they are not copied to
+Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from proxy import errors
+from proxy.state.dedup import Entry, Kept, MemoryDedupState, Settlement, StoredAnswer
+from proxy.state.redis_link import RedisLink, StateUnavailableError
+
+POLL_INTERVAL = 0.1  # a waiter re-reads the record this often, in case the pub/sub message was missed
+
+# KEYS[1] record; ARGV fingerprint, owner token, lock TTL ms. Nil: claimed. Else the record (HGETALL).
+CLAIM = """
+local record = redis.call('HGETALL', KEYS[1])
+if #record > 0 then
+  if redis.call('HGET', KEYS[1], 's') == 'f' then redis.call('HSET', KEYS[1], 'w', '1') end
+  return record
+end
+redis.call('HSET', KEYS[1], 's', 'f', 'fp', ARGV[1], 'o', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return false
+"""
+
+# KEYS[1] record; ARGV token, keep ('' drop, 's', 'u'), TTL ms, fingerprint, meta, body, channel, message.
+# Only the owner settles (its lock may have expired and been taken by another replica meanwhile).
+SETTLE = """
+local owner = redis.call('HGET', KEYS[1], 'o')
+if owner and owner ~= ARGV[1] then return 0 end
+local waited = redis.call('HGET', KEYS[1], 'w')
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 's', ARGV[2], 'fp', ARGV[4], 'o', ARGV[1], 'm', ARGV[5], 'b', ARGV[6])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+if waited then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
+return 1
+"""
+
+# KEYS records; ARGV[1] lock TTL ms, then one owner token per key: extend the locks still ours.
+REFRESH = """
+for i, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'o') == ARGV[i + 1] and redis.call('HGET', key, 's') == 'f' then
+    redis.call('PEXPIRE', key, ARGV[1])
+  end
+end
+return 0
+"""
+
+STATES: dict[bytes, Kept] = {b"s": "stored", b"u": "unknown"}
+
+
+def encode_settlement(settlement: Settlement) -> tuple[bytes, bytes]:
+    """(metadata JSON, body): the answer byte for byte, or the local error by class name."""
+    answer, error = settlement.answer, settlement.error
+    if answer is not None:
+        meta = {
+            "st": answer.status,
+            "h": answer.headers,
+            "r": answer.reason,
+            "c": answer.code,
+            "n": answer.name,
+        }
+        return orjson.dumps(meta), answer.body
+    error = error or errors.SeawallError("the request ended without answer")
+    meta = {"e": type(error).__name__, "d": error.detail, "c": error.code, "ra": error.retry_after}
+    return orjson.dumps(meta), b""
+
+
+def decode_settlement(meta: bytes, body: bytes) -> Settlement:
+    data = orjson.loads(meta)
+    if "e" in data:
+        kind = getattr(errors, data["e"], errors.SeawallError)
+        if not (isinstance(kind, type) and issubclass(kind, errors.SeawallError)):
+            kind = errors.SeawallError
+        return Settlement(error=kind(data["d"], retry_after=data["ra"], code=data["c"]))
+    headers = tuple((name, value) for name, value in data["h"])
+    return Settlement(answer=StoredAnswer(data["st"], headers, body, data["r"], data["c"], data["n"]))
+
+
+@dataclass(slots=True)
+class _Owned:
+    """A Redis claim this replica holds: its twins here wait on `done`."""
+
+    fingerprint: str
+    token: str
+    done: asyncio.Future[Settlement]
+
+
+class RedisDedupState:
+    """`DedupState` on Redis (see the module docstring), falling back to `local` when Redis fails."""
+
+    def __init__(
+        self, link: RedisLink, local: MemoryDedupState, *, lock_ttl: float, wait_limit: float
+    ) -> None:
+        self._link = link
+        self._local = local
+        self._lock_ms = max(1, int(lock_ttl * 1000))
+        self._lock_ttl = lock_ttl
+        self._wait_limit = wait_limit
+        self._channel = link.key("dedup", "settled")
+        self._claim = link.client.register_script(CLAIM)
+        self._settle = link.client.register_script(SETTLE)
+        self._refresh = link.client.register_script(REFRESH)
+        self._owned: dict[str, _Owned] = {}
+        self._watched: dict[str, asyncio.Future[Settlement]] = {}
+        self._watchers: dict[str, int] = {}
+        self._link_up = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.fallbacks = 0  # decisions taken on local state because Redis failed
+        link.on_change(self._on_link_change)
+
+    def _key(self, identity: str) -> str:
+        return self._link.key("dedup", identity)
+
+    # -- DedupState -------------------------------------------------------------------------------------
+
+    async def claim(self, identity: str, fingerprint: str) -> Entry | None:
+        entry = self._local.peek(identity)  # a local fallback claim, or a copy of an entry settled here
+        if entry is not None:
+            return entry
+        owned = self._owned.get(identity)
+        if owned is not None:
+            return Entry("in_flight", owned.fingerprint)
+        token = secrets.token_hex(8)
+        try:
+            record = await self._link.call(
+                lambda r: self._claim(
+                    keys=[self._key(identity)], args=[fingerprint, token, self._lock_ms], client=r
+                )
+            )
+        except StateUnavailableError:
+            self.fallbacks += 1
+            return await self._local.claim(identity, fingerprint)
+        if record is None:
+            future = asyncio.get_running_loop().create_future()
+            self._owned[identity] = _Owned(fingerprint, token, future)
+            return None
+        fields = dict(zip(record[::2], record[1::2], strict=True))
+        fingerprint_held = fields[b"fp"].decode()
+        state = STATES.get(fields[b"s"])
+        if state is None:
+            return Entry("in_flight", fingerprint_held)
+        answer = None
+        if state == "stored":
+            answer = decode_settlement(fields[b"m"], fields.get(b"b", b"")).answer
+        return Entry(state, fingerprint_held, answer)
+
+    async def wait(self, identity: str) -> Settlement | None:
+        owned = self._owned.get(identity)
+        if owned is not None:
+            # Shielded: a cancelled waiter (its bot hung up) must not cancel what every twin awaits.
+            return await asyncio.shield(owned.done)
+        if self._local.peek(identity) is not None:
+            return await self._local.wait(identity)
+        return await self._wait_remote(identity)
+
+    async def settle(self, identity: str, settlement: Settlement, keep: Kept | None, ttl: float) -> None:
+        owned = self._owned.get(identity)
+        if owned is None:  # claimed on local state (Redis was down)
+            await self._local.settle(identity, settlement, keep, ttl)
+            return
+        # Twins here are answered at once; until the record is written, new ones still find the claim
+        # (and its settled future). This replica's copy is made after Redis's, so when it has expired
+        # here, it has expired for every replica.
+        if not owned.done.done():
+            owned.done.set_result(settlement)
+        meta, body = encode_settlement(settlement)
+        stored = b"" if keep is None else keep[0].encode()
+        message = identity.encode() + b" " + meta + b"\n" + body
+        args: list[bytes | str | int] = [owned.token, stored, max(1, int(ttl * 1000)), owned.fingerprint]
+        args += [meta, body, self._channel, message]
+        try:
+            await self._link.call(lambda r: self._settle(keys=[self._key(identity)], args=args, client=r))
+        except StateUnavailableError:
+            self.fallbacks += 1  # kept here only; elsewhere the claim expires after its lock TTL
+        finally:
+            if keep is not None:
+                answer = settlement.answer if keep == "stored" else None
+                self._local.keep(identity, owned.fingerprint, keep, answer, ttl)
+            self._owned.pop(identity, None)
+
+    def counts(self) -> dict[str, int]:
+        counts = self._local.counts()
+        counts["in_flight"] += len(self._owned)
+        counts["entries"] += len(self._owned)
+        counts["waiting_remote"] = sum(self._watchers.values())  # twins waiting on another replica's claim
+        counts["local_fallbacks"] = self.fallbacks
+        return counts
+
+    def size(self) -> int:
+        return self._local.size() + len(self._owned)
+
+    async def start(self) -> None:
+        if self._link.up:
+            self._link_up.set()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._keep_locks())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        shutting_down = Settlement(error=errors.SeawallError("seawall is shutting down"))
+        for owned in self._owned.values():
+            if not owned.done.done():
+                owned.done.set_result(shutting_down)
+        self._owned.clear()
+        await self._local.close()
+
+    # -- waiting for another replica --------------------------------------------------------------------
+
+    async def _wait_remote(self, identity: str) -> Settlement | None:
+        loop = asyncio.get_running_loop()
+        future = self._watched.get(identity)
+        if future is None:
+            future = self._watched[identity] = loop.create_future()
+        self._watchers[identity] = self._watchers.get(identity, 0) + 1
+        deadline = loop.time() + self._wait_limit
+        try:
+            while True:
+                try:
+                    record = await self._link.call(lambda r: r.hmget(self._key(identity), "s", "m", "b"))
+                except StateUnavailableError:
+                    self.fallbacks += 1
+                    return None  # claim again: on local state now
+                state, meta, body = record
+                if state != b"f":
+                    # Gone (expired, or a transient failure whose message we missed): claim again.
+                    # Unknown: claim again to be told so. Stored: its answer.
+                    if state == b"s" and isinstance(meta, bytes):
+                        return decode_settlement(meta, body if isinstance(body, bytes) else b"")
+                    return None
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return Settlement(
+                        error=errors.UpstreamUnavailable(
+                            "timed out waiting for an identical request in flight on another replica"
+                        )
+                    )
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), min(POLL_INTERVAL, remaining))
+                except TimeoutError:
+                    continue
+        finally:
+            self._watchers[identity] -= 1
+            if not self._watchers[identity]:
+                del self._watchers[identity]
+                self._watched.pop(identity, None)
+
+    def _deliver(self, message: bytes) -> None:
+        identity, _, rest = message.partition(b" ")
+        future = self._watched.get(identity.decode("ascii", "replace"))
+        if future is None or future.done():
+            return
+        meta, _, body = rest.partition(b"\n")
+        # Not ours to understand: the waiter's poll reads the record instead.
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            future.set_result(decode_settlement(meta, body))
+
+    async def _listen(self) -> None:
+        """Receive settlements from other replicas; resubscribe whenever the link comes back."""
+        while True:
+            await self._link_up.wait()
+            pubsub = self._link.client.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                while True:
+                    message: dict[str, Any] | None = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=1.0
+                    )
+                    if message is not None and message.get("type") == "message":
+                        self._deliver(message["data"])
+            except (RedisError, OSError, TimeoutError):
+                pass  # the waiters' polls cover the gap; the link's own probe reports the outage
+            finally:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await pubsub.aclose()
+            await asyncio.sleep(self._link.config.retry_interval)
+
+    async def _keep_locks(self) -> None:
+        """Extend the lock of every claim this replica holds, so only a dead owner's claim expires."""
+        while True:
+            await asyncio.sleep(self._lock_ttl / 3)
+            if not self._owned or not self._link.up:
+                continue
+            with contextlib.suppress(StateUnavailableError):
+                await self._refresh_locks(list(self._owned.items()))
+
+    async def _refresh_locks(self, owned: list[tuple[str, _Owned]]) -> None:
+        keys = [self._key(identity) for identity, _ in owned]
+        args: list[str | int] = [self._lock_ms, *(claim.token for _, claim in owned)]
+        await self._link.call(lambda r: self._refresh(keys=keys, args=args, client=r))
+
+    def _on_link_change(self, up: bool) -> None:
+        if up:
+            self._link_up.set()
+        else:
+            self._link_up.clear()

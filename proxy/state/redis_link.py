@@ -1,0 +1,134 @@
+"""One link to the shared-state Redis for every policy, and whether it is usable right now.
+
+Policies that share state (limits, dedup, breakers) take this link. Each Redis call they make goes
+through `call`, which bounds it by `state.redis.timeout` and, on any failure, marks the link down:
+policies then serve from their local state (or fail closed, per `state.redis.on_unavailable`) and a
+background probe (PING every `retry_interval`) marks it up again when Redis returns. `/readyz`, the
+`seawall_state_backend_up` gauge and a log line on every change say which it is.
+
+redis-py 8 would otherwise retry for ~4.8 s against a dead server and raise at once past its pool size
+(PITFALLS.md): retries are off here, timeouts explicit, and the pool blocks briefly instead of raising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from proxy.config import RedisConfig
+from proxy.logs import log
+from proxy.metrics import Metrics
+
+T = TypeVar("T")
+
+
+class StateUnavailableError(Exception):
+    """Redis did not answer (in time); the caller falls back to local state or fails closed."""
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+class RedisLink:
+    def __init__(self, config: RedisConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.prefix = config.key_prefix
+        self._metrics = metrics
+        pool = BlockingConnectionPool.from_url(
+            config.url,
+            max_connections=64,
+            timeout=config.timeout,  # wait this long for a free connection, then fail
+            socket_timeout=config.timeout,
+            socket_connect_timeout=config.timeout,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),  # no hidden retries: the link decides what a failure means
+            protocol=2,
+        )
+        self.client: redis.Redis = redis.Redis(connection_pool=pool)
+        self._up = False
+        self._probe: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[bool], None]] = []
+        metrics.state_backend_up.set(0)
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def on_change(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(up)` whenever the link goes down or comes back (e.g. to resync local state)."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        """Try Redis once (startup must not hang on it), then keep probing in the background."""
+        await self._ping()
+        self._probe = asyncio.ensure_future(self._probe_loop())
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        await self.client.aclose()
+
+    def ready(self) -> tuple[bool, str, str]:
+        """Ready while Redis answers; without it, still ready when serving on local state (degraded)."""
+        if self._up:
+            return True, "shared_state", "ok"
+        if self.config.on_unavailable == "local_share":
+            return True, "shared_state", "degraded: redis unreachable, serving on local state"
+        return False, "shared_state", "failing: redis unreachable, failing closed"
+
+    async def call(self, operation: Callable[[redis.Redis], Awaitable[T]]) -> T:
+        """Run one Redis operation, bounded in time; any failure marks the link down and raises
+        StateUnavailableError (never a raw Redis error, whose text could carry the URL)."""
+        if not self._up:
+            raise StateUnavailableError("shared state is down")
+        try:
+            async with asyncio.timeout(self.config.timeout * 2):
+                return await operation(self.client)
+        except (RedisError, OSError, TimeoutError) as error:
+            self._set(False, type(error).__name__)
+            raise StateUnavailableError("shared state did not answer") from None
+
+    async def _ping(self) -> None:
+        try:
+            async with asyncio.timeout(self.config.timeout * 2):
+                await self.client.ping()
+        except (RedisError, OSError, TimeoutError) as error:
+            self._set(False, type(error).__name__)
+        else:
+            self._set(True, None)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.retry_interval)
+            await self._ping()
+
+    def _set(self, up: bool, reason: str | None) -> None:
+        if up == self._up:
+            return
+        self._up = up
+        self._metrics.state_backend_up.set(1 if up else 0)
+        fields: dict[str, Any] = {"redis": safe_url(self.config.url), "up": up}
+        if reason:
+            fields["reason"] = reason
+        if up:
+            log.info("shared state (redis) is up", extra={"fields": fields})
+        else:
+            log.warning("shared state (redis) is down: serving on local state", extra={"fields": fields})
+        for listener in self._listeners:
+            listener(up)
