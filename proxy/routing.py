@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 import orjson
 from multidict import CIMultiDictProxy
@@ -98,7 +98,7 @@ class RouteTable:
                 or (identity.aliases.get(account) if account else None)
                 or key_fingerprint(key)
             )
-        fields = _Fields(query_string, body, headers.get("Content-Type", ""))
+        fields = _Fields(query_string, body)
         symbol = path_params.get("symbol") or fields.first(identity.symbol_fields)
         client_order_id = fields.first(identity.client_order_id_fields)
         if client_order_id in ("0", ""):  # WOO X: 0 is the default, meaning "no client order id"
@@ -122,14 +122,12 @@ def _first_header(headers: CIMultiDictProxy[str], names: tuple[str, ...]) -> str
 class _Fields:
     """Parameter lookup over the query, then the body (JSON object or form), parsed at most once."""
 
-    __slots__ = ("_body", "_content_type", "_form", "_query", "_query_string", "json")
+    __slots__ = ("_body", "_form", "_query_string", "json")
 
-    def __init__(self, query_string: str, body: bytes, content_type: str) -> None:
+    def __init__(self, query_string: str, body: bytes) -> None:
         self._query_string = query_string
-        self._query: dict[str, str] | None = None
         self._form: dict[str, str] | None = None
         self._body = body
-        self._content_type = content_type
         self.json: Any = None
         stripped = body.lstrip()
         if stripped[:1] in (b"{", b"["):
@@ -146,10 +144,9 @@ class _Fields:
         return None
 
     def _lookup(self, name: str) -> str | None:
-        if self._query is None:
-            self._query = dict(parse_qsl(self._query_string, keep_blank_values=True))
-        if name in self._query:
-            return self._query[name]
+        value = _query_value(self._query_string, name)
+        if value is not None:
+            return value
         if isinstance(self.json, dict):
             value = self.json.get(name)
             if value is None or isinstance(value, (dict, list)):
@@ -164,3 +161,18 @@ class _Fields:
                 self._form = dict(parse_qsl(text, keep_blank_values=True)) if "=" in text else {}
             return self._form.get(name)
         return None
+
+
+def _query_value(query: str, name: str) -> str | None:
+    """The first value of `name` in a raw query string, percent-decoded; no full parse (hot path).
+
+    `name` is a profile field name (an identifier, which clients never percent-encode)."""
+    key = name + "="
+    start = 0
+    while (found := query.find(key, start)) >= 0:
+        if found == 0 or query[found - 1] == "&":
+            end = query.find("&", found)
+            raw = query[found + len(key) : end if end >= 0 else len(query)]
+            return unquote_plus(raw) if ("%" in raw or "+" in raw) else raw
+        start = found + 1
+    return None

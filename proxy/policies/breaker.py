@@ -158,7 +158,9 @@ class CircuitBreakerPolicy:
             return await call_next(ctx)
         scopes = [self._scope(rule, ctx) for rule in rules]
         for scope in scopes:
-            await scope.storage.sync(self._clock())  # what other replicas did (no-op in memory)
+            if not scope.storage.shared:
+                continue
+            await scope.storage.sync(self._clock())  # what other replicas did
             if scope.storage.trip_code is not None:
                 scope.failure_code = scope.storage.trip_code
             scope.breaker.state  # noqa: B018  # pybreaker notices a state changed elsewhere, tells listeners
@@ -185,7 +187,8 @@ class CircuitBreakerPolicy:
             raise
         for ticket in tickets:
             self._settle(ticket, self._judge(ticket.scope.rule, answer))
-        await self._publish(tickets)
+        if any(ticket.scope.storage.shared for ticket in tickets):
+            await self._publish(tickets)
         return answer
 
     async def _publish(self, tickets: list[_Ticket]) -> None:
@@ -238,6 +241,8 @@ class CircuitBreakerPolicy:
         state = scope.breaker.current_state
         if state == pybreaker.STATE_OPEN or (state == pybreaker.STATE_HALF_OPEN and not ticket.probe):
             return
+        if news == SUCCESS and state == pybreaker.STATE_CLOSED and scope.breaker.fail_counter == 0:
+            return  # the common case: nothing to reset, no need for pybreaker's locks (hot path)
         try:
             if news == SUCCESS:
                 scope.breaker.call(_succeed)  # resets the failure count; closes a half-open breaker

@@ -30,6 +30,9 @@ from pybreaker import STATE_CLOSED, CircuitBreakerStorage, CircuitMemoryStorage
 
 
 class BreakerScopeStorage(CircuitBreakerStorage):
+    # False where `sync`/`publish` are no-ops (memory): the policy then skips them on the hot path.
+    shared: bool = True
+
     """pybreaker's storage plus what Seawall needs to drive it from asyncio (see the module docstring)."""
 
     @property
@@ -81,6 +84,7 @@ class BreakerStateStore(Protocol):
 
 
 class MemoryScopeStorage(CircuitMemoryStorage, BreakerScopeStorage):
+    shared = False
     """One scope's state in process memory."""
 
     def __init__(self) -> None:

@@ -97,6 +97,8 @@ def _facts(reply: list[bytes | int]) -> Facts:
 class RedisScopeStorage(MemoryScopeStorage):
     """One scope: pybreaker's local storage plus its sync with the shared record (module docstring)."""
 
+    shared = True
+
     def __init__(self, store: RedisBreakerStore, key: str) -> None:
         super().__init__()
         self._store = store
