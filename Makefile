@@ -31,8 +31,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check proxy tests benchmarks
 	$(BIN)/mypy
 
+# On demand, not in CI; figures and how to read them: BENCHMARKS.md (overhead.py needs `wrk`).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/ratelimit_burst.py
+	$(BIN)/python benchmarks/ratelimit_goodput.py
+	$(BIN)/python benchmarks/replicas_redis.py
+	$(BIN)/python benchmarks/soak_memory.py
 
 clean:
 	rm -rf $(VENV) .venv-connector .pytest_cache .mypy_cache .ruff_cache

@@ -79,9 +79,9 @@ async def soak(total: int, keys: int, concurrency: int, every: int, max_entries:
             if n % every == 0:
                 gc.collect()
                 status = seawall.status()
-                dedup = status.get("dedup", {})
-                scopes = len(seawall.policies[-1]._state)  # type: ignore[attr-defined,arg-type]
-                samples.append((n, rss_mib(), int(dedup.get("entries", -1)), scopes))
+                entries = int(status["dedup"].get("entries", -1))
+                scopes = int(status["ratelimit"]["scopes_in_use"])
+                samples.append((n, rss_mib(), entries, scopes))
                 print(
                     f"{n:>8} requests  rss {samples[-1][1]:7.1f} MiB  dedup entries {samples[-1][2]:>7}  "
                     f"limiter scopes {scopes:>6}",
