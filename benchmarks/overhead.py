@@ -14,14 +14,13 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from harness import free_port, wait_ready
 
 HERE = Path(__file__).resolve().parent
 PATH = "/v1/orders?symbol=PERP_ETH_USDC&status=INCOMPLETE"
@@ -45,23 +44,6 @@ dedup:
   rules:
     - {routes: [order.place], identity: client_order_id}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
 
 
 def wrk(url: str, connections: int, seconds: int) -> tuple[float, float, float]:

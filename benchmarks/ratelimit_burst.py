@@ -30,7 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.ratelimit_goodput import free_port, get, wait_ready  # noqa: E402
+from benchmarks.harness import free_port, wait_ready  # noqa: E402
+from benchmarks.ratelimit_goodput import get  # noqa: E402
 from proxy.cli import run_event_loop  # noqa: E402
 from proxy.simulator.signing import OrderlyKeyPair, generate_orderly_keypair, orderly_headers  # noqa: E402
 

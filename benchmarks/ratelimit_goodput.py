@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from benchmarks.harness import free_port, start_simulator, wait_ready  # noqa: E402
 from proxy.cli import run_event_loop  # noqa: E402
 from proxy.simulator.signing import generate_orderly_keypair, orderly_headers  # noqa: E402
 
@@ -49,23 +49,6 @@ NAMES = {
     "aiolimiter-spaced": "aiolimiter `AsyncLimiter(1, 1 s / N)`",
 }
 LIMIT, WINDOW = 10, 1.0  # the shipped order.place rule and the simulator's order_create rule
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
 
 
 def get(url: str) -> bytes:
@@ -198,23 +181,7 @@ def run_one(limiter: str, args: argparse.Namespace) -> dict[str, Any]:
     sim_url = f"http://127.0.0.1:{sim_port}"
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "proxy",
-                    "simulate",
-                    "--port",
-                    str(sim_port),
-                    "--account",
-                    f"{account}={pair.public_key}",
-                ],
-                stdout=subprocess.DEVNULL,
-                cwd=HERE.parent,
-            )
-        )
-        wait_ready(sim_url + "/__sim/counters")
+        processes.append(start_simulator(sim_port, account, pair.public_key))
         config = Path(tempfile.mkdtemp()) / "goodput.yaml"
         config.write_text(CONFIG)
         env = {

@@ -32,7 +32,8 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from ratelimit_goodput import LIMIT, WINDOW, free_port, get, metric, wait_ready  # noqa: E402
+from harness import free_port, start_simulator, wait_ready  # noqa: E402
+from ratelimit_goodput import LIMIT, WINDOW, get, metric  # noqa: E402
 
 from proxy.cli import run_event_loop  # noqa: E402
 from proxy.simulator.signing import generate_orderly_keypair, orderly_headers  # noqa: E402
@@ -110,23 +111,7 @@ def run_replicas(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         redis, redis_url = start_redis(directory)
         processes.append(redis)
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "proxy",
-                    "simulate",
-                    "--port",
-                    str(sim_port),
-                    "--account",
-                    f"{account}={pair.public_key}",
-                ],
-                stdout=subprocess.DEVNULL,
-                cwd=HERE.parent,
-            )
-        )
-        wait_ready(sim_url + "/__sim/counters")
+        processes.append(start_simulator(sim_port, account, pair.public_key))
         config = directory / "replica.yaml"
         config.write_text(CONFIG)
         proxies, admins = [], []

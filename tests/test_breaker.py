@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 from fixtures_proxy import RecordingUpstream, StartSeawall, wait_until
-from fixtures_redis import RedisServer
+from fixtures_redis import Backend
 from fixtures_simulator import SignedClient, SimFactory
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -444,18 +444,6 @@ ORDERS = "/v1/orders"  # orders.list: a signed private call the simulator serves
 async def sim(sim_factory: SimFactory) -> Simulator:
     # Generous exchange limits: these tests are about faults, and no rate limiter runs in front here.
     return await sim_factory("orderly", limits={"orders_get": 100_000})
-
-
-Backend = dict[str, Any]  # config overrides that choose where breaker state lives
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> Backend:
-    """Each scenario runs on both backends: state in this process, or on a real Redis (one replica)."""
-    if request.param == "memory":
-        return {}
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return {"state": {"backend": "redis", "redis": {"url": server.url}}}
 
 
 # The limiter's budget (orders.list: 10/s per key) would shape these storms; here only the breaker acts.

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from fixtures_proxy import RecordingUpstream, StartSeawall, seawall_config, wait_until
-from fixtures_redis import RedisServer
+from fixtures_redis import Backend
 from fixtures_simulator import SignedClient
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -93,17 +93,6 @@ def _orders_for(sim: Simulator, cid: str) -> int:
 
 
 MARKET_BUY = {"symbol": "PERP_ETH_USDC", "order_type": "MARKET", "order_quantity": 0.01, "side": "BUY"}
-
-Backend = dict[str, Any]  # config overrides that choose where dedup entries live
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> Backend:
-    """Each scenario runs on both backends: entries in this process, or on a real Redis (one replica)."""
-    if request.param == "memory":
-        return {}
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return {"state": {"backend": "redis", "redis": {"url": server.url}}}
 
 
 # --- against the simulator ------------------------------------------------------------------------
