@@ -32,11 +32,10 @@ def build_policies(config: SeawallConfig, metrics: Metrics, shared: RedisLink | 
 
     `shared` is the Redis link when `state.backend` is `redis`: policies keep their numbers there.
     """
-    policies: list[Policy] = []
-    if config.dedup.enabled:
-        policies.append(
-            DedupPolicy(config.dedup, metrics, shared=shared, upstream_timeout=config.upstream.timeout)
-        )
+    # Dedup is always in the chain: even when off, it strips its Idempotency-Key header before forwarding.
+    policies: list[Policy] = [
+        DedupPolicy(config.dedup, metrics, shared=shared, upstream_timeout=config.upstream.timeout)
+    ]
     if config.breakers.enabled:
         policies.append(
             CircuitBreakerPolicy(

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from yarl import URL
 
 from proxy.shipped import default_config_path, profile_path, shipped_config_dir
 
@@ -78,6 +79,19 @@ class UpstreamConfig(_Model):
     def _plain_base_url(cls, url: str) -> str:
         if not re.match(r"^https?://[^/?#\s]+/?$", url):
             raise ValueError("must be http(s)://host[:port] with no path, query or fragment")
+        try:
+            parsed = URL(url)
+        except ValueError as error:  # e.g. a port out of range
+            raise ValueError(f"not a valid URL: {error}; use a port between 1 and 65535") from None
+        if parsed.user is not None or parsed.password is not None:
+            # It would be printed in logs and /status, and sent as Basic auth to the exchange.
+            raise ValueError("must not carry credentials (user:password@)")
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if not parsed.host or port is None or not 0 < port <= 65535:
+            raise ValueError("must name a host and a port between 1 and 65535")
         return url.rstrip("/")
 
 
@@ -138,6 +152,12 @@ class RouteConfig(_Model):
     def _absolute(cls, path: str) -> str:
         if not path.startswith("/"):
             raise ValueError("must start with /")
+        params = re.findall(r"\{([^}]*)\}", path)
+        for name in params:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{{{name}}}: a path parameter must be an identifier")
+        if len(set(params)) != len(params):
+            raise ValueError("a path parameter name may appear only once")
         return path
 
 
@@ -197,12 +217,19 @@ class DedupConfig(_Model):
 
 
 class RedisConfig(_Model):
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = Field(default="redis://127.0.0.1:6379/0", description="redis://, rediss:// or unix://")
     key_prefix: str = "seawall:"
     timeout: PositiveSeconds = 0.25
     retry_interval: PositiveSeconds = 1.0
     on_unavailable: Literal["local_share", "fail_closed"] = "local_share"
     replicas: int = Field(default=1, ge=1, description="replicas sharing the budget (local share = 1/N)")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        if URL(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
 
 
 class StateConfig(_Model):
@@ -237,6 +264,14 @@ class SeawallConfig(_Model):
         for where, name in referenced:
             if name != "*" and name not in known:
                 raise ValueError(f"{where}: unknown route {name!r} (known: {', '.join(sorted(known))})")
+        # Rules are keyed by name (state, metrics): two with one name would silently merge.
+        for where, names in (
+            ("ratelimit.rules", [rule.name for rule in self.ratelimit.rules]),
+            ("breakers.rules", [rule.name for rule in self.breakers.rules]),
+        ):
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ValueError(f"{where}: rule names must be unique, repeated: {', '.join(repeated)}")
 
 
 class ConfigError(Exception):
@@ -364,6 +399,19 @@ def build_config(
         raise ConfigError(f"invalid config: {problems}") from None
 
 
+def redact_url(url: str) -> str:
+    """A URL safe to print: no password, whether in the authority or the query (`?password=`)."""
+    try:
+        parsed = URL(url)
+        if parsed.password is not None:
+            parsed = parsed.with_password("***")
+        if any(name.lower() == "password" for name in parsed.query):
+            parsed = parsed.update_query({name: "***" for name in parsed.query if name.lower() == "password"})
+        return str(parsed)
+    except (ValueError, TypeError):
+        return "<unparsable url>"
+
+
 def redacted(config: SeawallConfig) -> dict[str, Any]:
     """The effective config as plain data with secrets (keys, Redis passwords) redacted."""
     from proxy.identity import key_fingerprint
@@ -372,7 +420,7 @@ def redacted(config: SeawallConfig) -> dict[str, Any]:
     identity = data["identity"]
     identity["key_accounts"] = {key_fingerprint(k): v for k, v in identity["key_accounts"].items()}
     identity["aliases"] = {key_fingerprint(k): v for k, v in identity["aliases"].items()}
-    data["state"]["redis"]["url"] = re.sub(r"//[^@/]*@", "//***@", data["state"]["redis"]["url"])
+    data["state"]["redis"]["url"] = redact_url(data["state"]["redis"]["url"])
     data["listen"] = str(config.listen)
     data["admin_listen"] = str(config.admin_listen)
     return data
@@ -387,6 +435,7 @@ __all__ = [
     "SeawallConfig",
     "build_config",
     "load_config",
+    "redact_url",
     "redacted",
     "shipped_config_dir",
 ]

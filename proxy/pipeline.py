@@ -91,8 +91,7 @@ class Pipeline:
             histogram.observe(answer.latency)
         answer.code, answer.name = classify(answer.status, answer.body, self._catalog)
         if answer.name is not None:
-            code = "" if answer.code is None else str(answer.code)
-            self._metrics.exchange_errors.labels(route, code, answer.name).inc()
+            self._metrics.exchange_errors.labels(route, _code_label(answer.code), answer.name).inc()
         return answer
 
     def record(self, ctx: RequestContext, answer: Answer) -> None:
@@ -123,3 +122,11 @@ class Pipeline:
                     }
                 },
             )
+
+
+def _code_label(code: int | None) -> str:
+    """The `code` label: the exchange's own range as is, anything else from upstream as `other`, so a
+    misbehaving gateway cannot mint one series per made-up number."""
+    if code is None:
+        return ""
+    return str(code) if -1999 <= code <= -1000 else "other"

@@ -91,6 +91,20 @@ def test_bad_value_names_the_key_in_a_list(tmp_path: Path) -> None:
             "unknown route 'no.such.route'",
         ),
         ("- just\n- a list\n", "top level must be a mapping"),
+        ("upstream: {url: 'https://user:TOPSECRET@api.woox.io'}\n", "must not carry credentials"),
+        ("upstream: {url: 'http://127.0.0.1:99999'}\n", "port between 1 and 65535"),
+        ("state: {redis: {url: 'http://127.0.0.1:6379'}}\n", "state.redis.url"),
+        (
+            "ratelimit: {rules: [{name: a, routes: [order.place], limit: 1},\n"
+            "                    {name: a, routes: [orders.list], limit: 2}]}\n",
+            "rule names must be unique, repeated: a",
+        ),
+        (
+            "breakers: {rules: [{name: b, routes: [order.place]}, {name: b, routes: [orders.list]}]}\n",
+            "repeated: b",
+        ),
+        ("routes: [{name: x, path: '/v1/{a}/{a}'}]\n", "may appear only once"),
+        ("routes: [{name: x, path: '/v1/{a-b}'}]\n", "must be an identifier"),
         ("key: [unclosed\n", "not valid YAML"),
     ],
 )
@@ -109,6 +123,22 @@ def test_durations_accept_units() -> None:
     config = build_config({"server": {"read_timeout": "500ms", "shutdown_timeout": "1m"}})
     assert config.server.read_timeout == 0.5
     assert config.server.shutdown_timeout == 60.0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://user:hunter2@10.0.0.1:6379/0",
+        "redis://default:p@ssw0rd-hunter2@10.0.0.1:6379/0",
+        "unix:///run/redis.sock?db=0&password=hunter2",
+        "rediss://:hunter2@cache.internal:6380/1",
+    ],
+)
+def test_redis_passwords_are_redacted_wherever_the_url_carries_them(url: str) -> None:
+    config = build_config({"state": {"backend": "redis", "redis": {"url": url}}})
+    shown = redacted(config)["state"]["redis"]["url"]
+    assert "hunter2" not in shown
+    assert "***" in shown
 
 
 def test_redacted_config_hides_keys_and_redis_password() -> None:

@@ -293,6 +293,10 @@ TRANSIENT_ANSWERS = [
     (500, {"success": False, "code": -1000, "message": "unknown"}),
     (502, "<html>502 Bad Gateway</html>"),
     (503, ""),
+    # Refused before anything was done: a re-signed retry must go through (and a stranger's badly
+    # signed request must not claim the bot's client order id for the TTL).
+    (401, {"success": False, "code": -1002, "message": "timestamp expired"}),
+    (401, {"success": False, "code": -1001, "message": "The signature does not match the request."}),
 ]
 
 
@@ -401,6 +405,24 @@ async def test_idempotency_key_deduplicates_any_route_and_never_reaches_the_exch
         assert "Idempotency-Key" not in seen.headers
         assert seen.headers["orderly-key"] == "ed25519:KEY1"  # everything else passes
     assert upstream.seen[0].headers["orderly-signature"].startswith("sig-")
+
+
+async def test_idempotency_key_is_stripped_even_with_dedup_off(
+    upstream: RecordingUpstream, start_seawall: StartSeawall
+) -> None:
+    seawall = await start_seawall("orderly", upstream.url, dedup={"enabled": False})
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            status, _, _ = await _send(
+                session,
+                "POST",
+                seawall.proxy_url + "/v1/order",
+                _order(),
+                {**ORDERLY_BOT, "Idempotency-Key": "k"},
+            )
+            assert status == 200
+    assert len(upstream.seen) == 2  # off: no deduplication...
+    assert all("Idempotency-Key" not in seen.headers for seen in upstream.seen)  # ...but never forwarded
 
 
 async def test_body_hash_identity_applies_only_where_a_rule_opts_in(

@@ -106,6 +106,7 @@ async def test_error_payloads_are_counted_by_code_and_table_name(
             b'{"success":false,"code":-1005,"message":"order_price must be a positive number"}',
             b'{"code":"-1011","message":"The system is under maintenance.","success":false}',
             b'{"success": false, "code": -1999, "message": "new"}',
+            b'{"success": false, "code": 918273645, "message": "a gateway making numbers up"}',
         ]
     )
 
@@ -115,13 +116,14 @@ async def test_error_payloads_are_counted_by_code_and_table_name(
     upstream.responder = errors
     seawall = await start_seawall("orderly", upstream.url)
     async with aiohttp.ClientSession() as session:
-        for _ in range(3):
+        for _ in range(4):
             async with session.get(seawall.proxy_url + "/v1/orders") as r:
                 assert r.status == 400
     counter = seawall.metrics.exchange_errors
     assert counter.labels("orders.list", "-1005", "INVALID_PARAM")._value.get() == 1
     assert counter.labels("orders.list", "-1011", "RPC_NOT_CONNECT")._value.get() == 1
     assert counter.labels("orders.list", "-1999", "UNLISTED")._value.get() == 1
+    assert counter.labels("orders.list", "other", "UNLISTED")._value.get() == 1  # bounded label set
 
 
 async def test_absolute_form_target_is_refused_and_never_forwarded(

@@ -242,7 +242,9 @@ async def test_many_clients_on_one_key_never_earn_a_1003_and_use_the_budget(
     # The k-th and (k+N)-th placements are one slot's consecutive uses: ideally one window apart.
     gaps = [later - earlier for earlier, later in zip(placed, placed[limit:], strict=False)]
     goodput = window / (sum(gaps) / len(gaps))
-    assert goodput >= 0.85, goodput  # 0.2 s windows: margin + round trip weigh ~5x more than at 1 s
+    # 0.2 s windows: margin + round trip weigh ~5x more than at 1 s; a loaded CI box costs a few % more
+    # (BENCHMARKS.md measures the 0.97 bar at the exchange's real 1 s window).
+    assert goodput >= 0.8, goodput
 
 
 async def test_a_rejected_multi_rule_request_leaves_no_budget_behind(
@@ -346,9 +348,10 @@ async def test_during_a_cool_down_a_request_that_cannot_wait_gets_the_remaining_
     assert (await bot.orderly("POST", "/v1/order", order())).code == -1003  # from the exchange
     started = time.monotonic()
     local = await bot.orderly("POST", "/v1/order", order())
-    assert time.monotonic() - started < 0.25  # answered at once, not after a vain wait
+    assert time.monotonic() - started < 1.0  # answered at once, not after a vain 3 s wait
     assert (local.status, local.code, local.headers["X-Seawall"]) == (429, -1003, "ratelimit")
-    assert local.headers["Retry-After"] == "4"  # the remaining 3.01 s (window + margin), rounded up
+    # The remaining part of 3.01 s (window + margin), rounded up: 4 unless the box stalled >10 ms.
+    assert local.headers["Retry-After"] in ("3", "4")
     assert sample(seawall, "seawall_ratelimit_rejected_total", rule="order.place", reason="cooldown") == 1
     assert seawall.status()["ratelimit"]["busiest"][0]["cooling_for"] > 2.5
     assert sim.snapshot()["answers_by_code"]["-1003"] == 1  # the local answer never reached it
@@ -402,12 +405,9 @@ async def test_a_wait_known_to_exceed_max_wait_is_answered_at_once(
             assert (await get_orders(session, seawall.proxy_url)).status == 200
         started = time.monotonic()
         refused = await get_orders(session, seawall.proxy_url)
-    assert time.monotonic() - started < 0.1
-    assert (refused.status, refused.headers["X-Seawall"], refused.headers["Retry-After"]) == (
-        429,
-        "ratelimit",
-        "2",  # 1.01 s (window + margin) rounded up
-    )
+    assert time.monotonic() - started < 0.15  # not the 0.2 s max wait: hopeless, answered at once
+    assert (refused.status, refused.headers["X-Seawall"]) == (429, "ratelimit")
+    assert refused.headers["Retry-After"] in ("1", "2")  # what is left of 1.01 s, rounded up
     assert len(upstream.seen) == 2
     assert (
         sample(seawall, "seawall_ratelimit_rejected_total", rule="orders.list", reason="queue_timeout") == 1

@@ -138,7 +138,8 @@ async def test_a_cool_down_after_an_exchange_1003_holds_every_replica(
     assert kinds(await burst(via_a, 1)) == {"exchange": 1}  # -1003 from the exchange: A cools down
     # The other replica never saw that -1003, yet waits out the cool-down it caused.
     (local,) = await burst(via_b, 1)
-    assert (local.status, local.headers["X-Seawall"], local.headers["Retry-After"]) == (429, "ratelimit", "4")
+    assert (local.status, local.headers["X-Seawall"]) == (429, "ratelimit")
+    assert local.headers["Retry-After"] in ("3", "4")  # what is left of 3.01 s, rounded up
     labels = {"rule": "order.place", "reason": "cooldown"}
     assert b.metrics.registry.get_sample_value("seawall_ratelimit_rejected_total", labels) == 1
     assert sim.snapshot()["answers_by_code"]["-1003"] == 1

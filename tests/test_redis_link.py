@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -42,12 +43,19 @@ async def test_link_reports_redis_loss_fast_and_rejoins(redis_server: RedisServe
         await link.close()
 
 
-async def test_link_to_an_absent_redis_starts_down_without_hanging(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    link = RedisLink(RedisConfig(url=f"unix://{tmp_path}/none.sock", timeout=0.2), Metrics())
+async def test_link_to_an_absent_redis_starts_down_says_so_and_does_not_hang(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    url = f"unix://{tmp_path}/none.sock?password=hunter2"
+    link = RedisLink(RedisConfig(url=url, timeout=0.2), Metrics())
     started = time.monotonic()
-    await link.start()
+    with caplog.at_level(logging.WARNING, logger="seawall"):
+        await link.start()
     try:
         assert not link.up
         assert time.monotonic() - started < 1.0
+        down = [record for record in caplog.records if "shared state (redis) is down" in record.getMessage()]
+        assert down, "a Redis that is unreachable at start must be logged"
+        assert "hunter2" not in str(down[0].__dict__)
     finally:
         await link.close()

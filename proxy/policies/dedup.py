@@ -19,9 +19,10 @@ in Redis, twins on other replicas wait for its answer, a claim whose replica die
 What is kept after the first request ends:
 - an answer that settles the request (a success, or an error that is the bot's fault) is stored and
   replayed for the TTL;
-- a transient failure (-1003, -1011, -1012, 429, 5xx, and local answers: open circuit, throttle) is not
-  stored, so a retry goes through; twins that were already waiting receive that same failure (they were
-  waiting for this attempt's answer, and a second attempt now would be a retry storm);
+- a transient failure (-1003, -1011, -1012, 429, 5xx, and local answers: open circuit, throttle) and an
+  authentication failure (-1001, -1002, 401, 403: nothing was executed) are not stored, so a retry
+  goes through; twins that were already waiting receive that same failure (they were waiting for this
+  attempt's answer, and a second attempt now would be a retry storm);
 - a lost answer — a transport error or 504 after a non-safe request was sent — leaves the outcome
   unknown: the exchange may have accepted the order. A retry then is answered locally with -1007 for the
   TTL instead of being forwarded. Seawall cannot sign, so it cannot look the order up itself; forwarding
@@ -64,6 +65,7 @@ from proxy.state.redis_link import RedisLink
 
 # The exchange's "try again" codes (seed table): the request was refused, so a retry must go through.
 TRANSIENT_CODES = frozenset({-1003, -1011, -1012})
+AUTH_CODES = frozenset({-1001, -1002})  # INVALID_SIGNATURE, UNAUTHORIZED: nothing was executed
 # Without side effects a lost answer is just a failure: a retry is harmless.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 REPLAY_HEADER = ("X-Seawall", "dedup-replay")
@@ -127,9 +129,14 @@ class DedupPolicy:
         self._tasks: set[asyncio.Task[Answer]] = set()
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> Answer:
+        idempotency_key = ctx.headers.get(self._header)
+        if idempotency_key is not None:  # Seawall's header, never the exchange's: stripped even when off
+            headers = end_to_end_headers(ctx.headers)
+            headers.popall(self._header, None)
+            ctx.forward_headers = headers
         if not self._enabled:
             return await call_next(ctx)
-        found = self._identity(ctx)
+        found = self._identity(ctx, idempotency_key)
         if found is None:
             return await call_next(ctx)
         identity, fingerprint, ttl = found
@@ -160,14 +167,9 @@ class DedupPolicy:
             error = settlement.error or SeawallError("the request this one waited for ended without answer")
             raise type(error)(error.detail, retry_after=error.retry_after, code=error.code)
 
-    def _identity(self, ctx: RequestContext) -> tuple[str, str, float] | None:
-        """(identity, payload fingerprint, TTL) for the request, or None; strips the idempotency header."""
+    def _identity(self, ctx: RequestContext, idempotency_key: str | None) -> tuple[str, str, float] | None:
+        """(identity, payload fingerprint, TTL) for the request, or None."""
         account = ctx.scope_value("account")
-        idempotency_key = ctx.headers.get(self._header)
-        if idempotency_key is not None:
-            headers = end_to_end_headers(ctx.headers)
-            headers.popall(self._header, None)
-            ctx.forward_headers = headers
         kind, ttl = self._rules.get(ctx.route.name) or self._rules.get("*") or ("", self._ttl)
         if kind == "client_order_id" and ctx.client_order_id:
             return _digest("client_order_id", account, ctx.client_order_id), canonical_payload(ctx), ttl
@@ -219,6 +221,10 @@ class DedupPolicy:
     @staticmethod
     def _after_answer(ctx: RequestContext, answer: Answer) -> Kept | None:
         if answer.code in TRANSIENT_CODES or answer.status == 429:
+            return None
+        if answer.code in AUTH_CODES or answer.status in (401, 403):
+            # Refused before anything was done (stale timestamp, rotated key): a re-signed retry must go
+            # through, and a stranger's badly signed request must not claim a bot's client order id.
             return None
         if answer.status == 504 and answer.code is None:
             # A gateway timed out waiting for the exchange, which may still have acted on it.

@@ -125,6 +125,9 @@ class _Scope:
         return max(wait, 0.0)
 
 
+MAX_SCOPES_PER_RULE = 50_000
+
+
 class MemoryRateLimitState:
     """In-process slot accounting. Every method runs without suspending, so each is atomic in asyncio."""
 
@@ -138,6 +141,11 @@ class MemoryRateLimitState:
         scopes = self._rules.setdefault(claim.rule, {})
         scope = scopes.get(claim.scope)
         if scope is None:
+            if len(scopes) >= MAX_SCOPES_PER_RULE:
+                # Scope keys come from the request (key header, symbol): a flood of made-up ones must not
+                # grow memory until the idle sweep. Scopes that hold nothing are lossless to forget.
+                self.drop_idle(now, 0.0)
+                scopes = self._rules.setdefault(claim.rule, {})  # drop_idle removes emptied rules
             scope = scopes[claim.scope] = _Scope(claim.label, claim.limit, last_used=now)
         return scope
 

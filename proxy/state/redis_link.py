@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from proxy.config import RedisConfig
+from proxy.config import RedisConfig, redact_url
 from proxy.logs import log
 from proxy.metrics import Metrics
 
@@ -33,11 +32,6 @@ T = TypeVar("T")
 
 class StateUnavailableError(Exception):
     """Redis did not answer (in time); the caller falls back to local state or fails closed."""
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 class RedisLink:
@@ -56,14 +50,14 @@ class RedisLink:
             protocol=2,
         )
         self.client: redis.Redis = redis.Redis(connection_pool=pool)
-        self._up = False
+        self._up: bool | None = None  # unknown until the first ping, whose result is always logged
         self._probe: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[bool], None]] = []
         metrics.state_backend_up.set(0)
 
     @property
     def up(self) -> bool:
-        return self._up
+        return bool(self._up)
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -123,7 +117,7 @@ class RedisLink:
             return
         self._up = up
         self._metrics.state_backend_up.set(1 if up else 0)
-        fields: dict[str, Any] = {"redis": safe_url(self.config.url), "up": up}
+        fields: dict[str, Any] = {"redis": redact_url(self.config.url), "up": up}
         if reason:
             fields["reason"] = reason
         if up:
