@@ -76,10 +76,22 @@ def seawall_config(profile: str, upstream_url: str, **overrides: Any) -> Seawall
 
 
 async def wait_until(condition: Callable[[], Any], timeout: float = 5.0, interval: float = 0.005) -> Any:
-    """Poll `condition` until it is truthy; fail the test at the deadline."""
+    """Poll `condition` until it is truthy and return its value; fail the test at the deadline."""
+
+    async def check() -> Any:
+        return condition()
+
+    return await wait_until_async(check, timeout, interval)
+
+
+async def wait_until_async(
+    check: Callable[[], Awaitable[Any]], timeout: float = 5.0, interval: float = 0.005
+) -> Any:
+    """Poll an async `check` (e.g. an HTTP request) until it is truthy and return its value; fail the
+    test at the deadline. The one place tests wait for something to happen."""
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        value = await check()
         if value:
             return value
         if time.monotonic() > deadline:

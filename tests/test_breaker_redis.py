@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as redis
-from fixtures_proxy import StartSeawall, wait_until
+from fixtures_proxy import StartSeawall, wait_until, wait_until_async
 from fixtures_redis import RedisServer
 from fixtures_simulator import SignedClient, SimFactory
 
@@ -125,7 +125,7 @@ async def test_probe_claim_of_a_replica_that_died_expires(
         claimed = time.monotonic()
         answer = await bot_b.orderly("GET", ORDERS)
         assert answer.headers["X-Seawall"] == "circuit-open"  # the probe is taken
-        await eventually(lambda: client.exists(record + b":probe"), until=0, timeout=3)
+        await wait_until_async(lambda: _is(client.exists(record + b":probe"), 0), timeout=3, interval=0.01)
         answer = await bot_b.orderly("GET", ORDERS)  # the next retry is the probe
     await client.aclose()
     assert (answer.status, answer.headers.get("X-Seawall")) == (200, None)
@@ -134,12 +134,8 @@ async def test_probe_claim_of_a_replica_that_died_expires(
     assert scope(b)["state"] == "closed"
 
 
-async def eventually(read: Callable[[], Awaitable[Any]], until: Any, timeout: float) -> None:
-    """Poll an async reading until it equals `until`; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while await read() != until:
-        assert time.monotonic() < deadline, f"still not {until!r} after {timeout}s"
-        await asyncio.sleep(0.01)
+async def _is(reading: Awaitable[Any], expected: Any) -> bool:
+    return bool(await reading == expected)
 
 
 async def test_redis_outage_leaves_breakers_local_and_sharing_resumes_when_it_returns(

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from fixtures_proxy import RecordingUpstream, wait_until
+from fixtures_proxy import RecordingUpstream, wait_until, wait_until_async
 
 SEAWALL = [sys.executable, "-m", "proxy"]
 
@@ -30,14 +30,6 @@ async def _healthy(url: str) -> bool:
             return r.status == 200
     except aiohttp.ClientError:
         return False
-
-
-async def _poll_async(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_run_serves_with_env_overrides_and_drains_on_sigterm(upstream: RecordingUpstream) -> None:
@@ -61,7 +53,7 @@ async def test_run_serves_with_env_overrides_and_drains_on_sigterm(upstream: Rec
     )
     try:
         admin = f"http://127.0.0.1:{admin_port}"
-        await _poll_async(lambda: _healthy(admin))
+        await wait_until_async(lambda: _healthy(admin), timeout=15, interval=0.05)
         async with aiohttp.ClientSession() as session:
             async with session.get(admin + "/status") as r:
                 assert (await r.json())["profile"] == "woox"
@@ -79,7 +71,8 @@ async def test_run_serves_with_env_overrides_and_drains_on_sigterm(upstream: Rec
                 writer.close()
                 return False
 
-            await _poll_async(refusing)  # stopped accepting while the order is still in flight
+            # Stopped accepting while the order is still in flight:
+            await wait_until_async(refusing, timeout=15, interval=0.05)
             release.set()
             response = await in_flight
             assert response.status == 200

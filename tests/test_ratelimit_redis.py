@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from fixtures_proxy import StartSeawall, wait_until
+from fixtures_proxy import StartSeawall, wait_until, wait_until_async
 from fixtures_redis import RedisServer
 from fixtures_simulator import Answer, SignedClient, SimFactory
 
@@ -251,9 +251,7 @@ async def test_a_slot_in_flight_on_a_replica_that_died_frees_after_its_expiry(
         async def admitted() -> bool:
             return (await alive.acquire(one, (0,), time.monotonic())).admitted
 
-        while not await admitted():
-            assert time.monotonic() - started < 2.0
-            await asyncio.sleep(0.02)
+        await wait_until_async(admitted, timeout=2.0, interval=0.02)
         # Freed by the in-flight expiry (hold + 0.3 s), not before: a slow answer keeps its slot.
         assert time.monotonic() - started >= 0.3
     finally:
