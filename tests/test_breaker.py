@@ -215,9 +215,10 @@ async def test_probe_failure_reopens_for_a_full_reset_timeout() -> None:
     assert state(policy) == "closed"
 
 
-async def test_late_failure_of_a_request_sent_before_opening_does_not_extend_the_open_period() -> None:
-    clock, upstream = FakeClock(), Upstream()
-    policy = make_policy(clock)
+async def failure_in_flight_then_trip(
+    policy: CircuitBreakerPolicy, upstream: Upstream
+) -> tuple[asyncio.Task[Answer], asyncio.Event]:
+    """Send a request whose -1011 arrives only when `release` is set, then trip the breaker meanwhile."""
     release = asyncio.Event()
 
     async def slow_failure() -> Answer:
@@ -226,8 +227,15 @@ async def test_late_failure_of_a_request_sent_before_opening_does_not_extend_the
 
     upstream.answer = slow_failure
     late = asyncio.create_task(send(policy, upstream))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # let it reach the upstream before the storm
     await trip(policy, upstream)
+    return late, release
+
+
+async def test_late_failure_of_a_request_sent_before_opening_does_not_extend_the_open_period() -> None:
+    clock, upstream = FakeClock(), Upstream()
+    policy = make_policy(clock)
+    late, release = await failure_in_flight_then_trip(policy, upstream)
     clock.now += 4.0
     release.set()
     await late  # fails after the breaker opened
@@ -240,16 +248,7 @@ async def test_late_failure_of_a_request_sent_before_opening_does_not_extend_the
 async def test_late_failure_after_the_reset_timeout_neither_reopens_nor_takes_the_probe() -> None:
     clock, upstream = FakeClock(), Upstream()
     policy = make_policy(clock)
-    release = asyncio.Event()
-
-    async def slow_failure() -> Answer:
-        await release.wait()
-        return error_answer(-1011)
-
-    upstream.answer = slow_failure
-    late = asyncio.create_task(send(policy, upstream))
-    await asyncio.sleep(0)
-    await trip(policy, upstream)
+    late, release = await failure_in_flight_then_trip(policy, upstream)
     clock.now += 6.0
     release.set()
     await late
@@ -262,16 +261,7 @@ async def test_late_failure_after_the_reset_timeout_neither_reopens_nor_takes_th
 async def test_late_failure_from_before_an_outage_does_not_count_after_recovery() -> None:
     clock, upstream = FakeClock(), Upstream()
     policy = make_policy(clock)
-    release = asyncio.Event()
-
-    async def slow_failure() -> Answer:
-        await release.wait()
-        return error_answer(-1011)
-
-    upstream.answer = slow_failure
-    late = asyncio.create_task(send(policy, upstream))
-    await asyncio.sleep(0)
-    await trip(policy, upstream)
+    late, release = await failure_in_flight_then_trip(policy, upstream)
     clock.now += 5.0
     upstream.answers(ok_answer)
     await send(policy, upstream)  # the probe succeeds: closed again
