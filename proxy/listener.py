@@ -35,6 +35,8 @@ class _DeadlineRequestHandler(RequestHandler):
         super().connection_made(transport)
         self._seawall_busy = False
         self.seawall_started: float | None = self._loop.time()
+        peer = transport.get_extra_info("peername")  # once per connection, not a syscall per request
+        self.seawall_peer = str(peer[0]) if peer else "unknown"
 
     def data_received(self, data: bytes) -> None:
         if self.seawall_started is None and not self._seawall_busy:
@@ -199,6 +201,9 @@ class ProxyListener:
 
 
 def _peer(request: web.BaseRequest) -> str:
+    cached = getattr(request.protocol, "seawall_peer", None)
+    if cached is not None:
+        return str(cached)
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return str(peer[0]) if peer else "unknown"
 
