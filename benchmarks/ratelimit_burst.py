@@ -34,6 +34,7 @@ from benchmarks.harness import free_port, wait_ready  # noqa: E402
 from benchmarks.ratelimit_goodput import get  # noqa: E402
 from proxy.cli import run_event_loop  # noqa: E402
 from proxy.simulator.signing import OrderlyKeyPair, generate_orderly_keypair, orderly_headers  # noqa: E402
+from proxy.simulator.symbols import resting_order  # noqa: E402
 
 BURST = 8
 CONFIG = """
@@ -47,16 +48,7 @@ async def burst(session: aiohttp.ClientSession, url: str, account: str, key: Ord
     """Send BURST placements at once; return each one's latency (s)."""
 
     async def place() -> float:
-        body = orjson.dumps(
-            {
-                "symbol": "PERP_ETH_USDC",
-                "order_type": "LIMIT",
-                "side": "BUY",
-                "order_price": 2900,
-                "order_quantity": 0.01,
-                "client_order_id": f"b{next(_ids)}",
-            }
-        )
+        body = orjson.dumps(resting_order(f"b{next(_ids)}"))
         headers = orderly_headers(account, key.secret, "POST", "/v1/order", body)
         started = time.monotonic()
         async with session.post(url + "/v1/order", data=body, headers=headers) as answer:

@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE.parent))
 from benchmarks.harness import free_port, start_simulator, wait_ready  # noqa: E402
 from proxy.cli import run_event_loop  # noqa: E402
 from proxy.simulator.signing import generate_orderly_keypair, orderly_headers  # noqa: E402
+from proxy.simulator.symbols import resting_order  # noqa: E402
 
 CONFIG = """
 profile: orderly
@@ -125,16 +126,7 @@ async def fleet(
         async def bot() -> None:
             nonlocal local_429, upstream_429, other
             while time.monotonic() < stop_at:
-                body = orjson.dumps(
-                    {
-                        "symbol": "PERP_ETH_USDC",
-                        "order_type": "LIMIT",
-                        "side": "BUY",
-                        "order_price": 2900,
-                        "order_quantity": 0.01,
-                        "client_order_id": f"g{next(ids)}",
-                    }
-                )
+                body = orjson.dumps(resting_order(f"g{next(ids)}"))
                 headers = orderly_headers(account, secret, "POST", "/v1/order", body)
                 async with session.post(proxy_url + "/v1/order", data=body, headers=headers) as answer:
                     await answer.read()

@@ -37,6 +37,7 @@ from ratelimit_goodput import LIMIT, WINDOW, get, metric  # noqa: E402
 
 from proxy.cli import run_event_loop  # noqa: E402
 from proxy.simulator.signing import generate_orderly_keypair, orderly_headers  # noqa: E402
+from proxy.simulator.symbols import resting_order  # noqa: E402
 
 REPLICAS = 3
 CONFIG = f"""
@@ -75,10 +76,7 @@ async def fleet(urls: list[str], account: str, secret: str, clients: int, second
 
         async def bot(url: str) -> None:
             while time.monotonic() < stop_at:
-                body = orjson.dumps(
-                    {"symbol": "PERP_ETH_USDC", "order_type": "LIMIT", "side": "BUY", "order_price": 2900,
-                     "order_quantity": 0.01, "client_order_id": f"r{next(ids)}"}
-                )  # fmt: skip
+                body = orjson.dumps(resting_order(f"r{next(ids)}"))
                 headers = orderly_headers(account, secret, "POST", "/v1/order", body)
                 async with session.post(url + "/v1/order", data=body, headers=headers) as answer:
                     await answer.read()

@@ -31,6 +31,19 @@ async def default_responder(request: web.BaseRequest, body: bytes) -> web.Stream
     return web.json_response({"success": True, "data": {}, "timestamp": 1})
 
 
+def held_then(release: asyncio.Event, first: dict[str, Any]) -> Responder:
+    """A responder that holds every request until `release`, answers the first with the error payload
+    `first` (status 400) and every later one with a success."""
+    answers = iter([first])
+
+    async def respond(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+        await release.wait()
+        data = next(answers, {"success": True, "data": {"order_id": 8}})
+        return web.json_response(data, status=400 if data["success"] is False else 200)
+
+    return respond
+
+
 class RecordingUpstream:
     """A loopback HTTP server that records every request's raw bytes and answers via `responder`."""
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as redis
+from fixtures_proxy import wait_until_async
 
 
 class RedisServer:
@@ -47,20 +47,18 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client = redis.Redis(unix_socket_path=str(self.socket))
-                try:
-                    if await client.ping():
-                        return
-                finally:
-                    await client.aclose()
-            except (OSError, redis.RedisError):
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            await asyncio.sleep(0.02)
+        await wait_until_async(self._answers, timeout=10, interval=0.02)
+
+    async def _answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError("redis-server exited at start")
+        client = redis.Redis(unix_socket_path=str(self.socket))
+        try:
+            return bool(await client.ping())
+        except (OSError, redis.RedisError):
+            return False
+        finally:
+            await client.aclose()
 
     async def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from fixtures_proxy import RecordingUpstream, StartSeawall, seawall_config, wait_until
+from fixtures_proxy import RecordingUpstream, StartSeawall, held_then, seawall_config, wait_until
 from fixtures_redis import Backend
 from fixtures_simulator import SignedClient
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -345,14 +345,7 @@ async def test_twins_of_a_transient_failure_get_that_failure_and_a_later_retry_g
     upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
 ) -> None:
     release = asyncio.Event()
-    answers = iter([{"success": False, "code": -1011, "message": "try again"}])
-
-    async def storm(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
-        await release.wait()
-        data = next(answers, {"success": True, "data": {"order_id": 8}})
-        return web.json_response(data, status=400 if data["success"] is False else 200)
-
-    upstream.responder = storm
+    upstream.responder = held_then(release, {"success": False, "code": -1011, "message": "try again"})
     seawall = await start_seawall("orderly", upstream.url, **backend)
     url = seawall.proxy_url + "/v1/order"
     async with aiohttp.ClientSession() as session:

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 import redis.asyncio as redis
 from aiohttp import web
-from fixtures_proxy import RecordingUpstream, StartSeawall, wait_until
+from fixtures_proxy import RecordingUpstream, StartSeawall, held_then, wait_until
 from fixtures_redis import RedisServer
 from fixtures_simulator import SignedClient
 from multidict import CIMultiDictProxy
@@ -149,14 +149,7 @@ async def test_twins_on_other_replicas_get_the_transient_failure_and_a_later_ret
     upstream: RecordingUpstream, start_seawall: StartSeawall, redis_server: RedisServer
 ) -> None:
     release = asyncio.Event()
-    answers = iter([{"success": False, "code": -1011, "message": "try again"}])
-
-    async def storm(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
-        await release.wait()
-        data = next(answers, {"success": True, "data": {"order_id": 8}})
-        return web.json_response(data, status=400 if data["success"] is False else 200)
-
-    upstream.responder = storm
+    upstream.responder = held_then(release, {"success": False, "code": -1011, "message": "try again"})
     a, b, c = await replicas(start_seawall, 3, upstream.url, **shared(redis_server))
     order = {**MARKET_BUY, "client_order_id": "storm-1"}
     async with aiohttp.ClientSession() as session:

@@ -27,6 +27,7 @@ from proxy.config import RedisConfig, build_config
 from proxy.identity import key_fingerprint
 from proxy.metrics import Metrics
 from proxy.simulator import routes_orderly, routes_woox
+from proxy.simulator.symbols import resting_order
 from proxy.state.ratelimit import Claim, MemoryRateLimitState, RateLimitState
 from proxy.state.ratelimit_redis import RedisRateLimitState
 from proxy.state.redis_link import RedisLink
@@ -35,14 +36,7 @@ _ids = itertools.count()
 
 
 def order(symbol: str = "PERP_ETH_USDC") -> dict[str, Any]:
-    return {
-        "symbol": symbol,
-        "order_type": "LIMIT",
-        "side": "BUY",
-        "order_price": 2900,
-        "order_quantity": 0.01,
-        "client_order_id": f"rl{next(_ids)}",
-    }
+    return resting_order(f"rl{next(_ids)}", symbol)
 
 
 def rule(name: str, routes: list[str], limit: int, window: float, **extra: Any) -> dict[str, Any]:

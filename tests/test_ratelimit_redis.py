@@ -24,6 +24,7 @@ from fixtures_simulator import Answer, SignedClient, SimFactory
 from proxy.app import Seawall
 from proxy.config import RedisConfig
 from proxy.metrics import Metrics
+from proxy.simulator.symbols import resting_order
 from proxy.state.ratelimit import Claim
 from proxy.state.ratelimit_redis import RedisRateLimitState
 from proxy.state.redis_link import RedisLink
@@ -32,8 +33,7 @@ _ids = itertools.count()
 
 
 def order() -> dict[str, Any]:
-    return {"symbol": "PERP_ETH_USDC", "order_type": "LIMIT", "side": "BUY", "order_price": 2900,
-            "order_quantity": 0.01, "client_order_id": f"rr{next(_ids)}"}  # fmt: skip
+    return resting_order(f"rr{next(_ids)}")
 
 
 async def replicas(

@@ -11,21 +11,13 @@ from fixtures_proxy import wait_until
 from fixtures_simulator import ManualClock, SignedClient, SimFactory, client_for
 
 from proxy.simulator import Simulator
+from proxy.simulator.symbols import resting_order
 
 ETH = "PERP_ETH_USDC"
 
 
 def order(cid: str | None = None) -> dict[str, object]:
-    body: dict[str, object] = {
-        "symbol": ETH,
-        "order_type": "LIMIT",
-        "side": "BUY",
-        "order_price": 2900,
-        "order_quantity": 0.01,
-    }
-    if cid:
-        body["client_order_id"] = cid
-    return body
+    return resting_order(cid or None, ETH)
 
 
 async def test_storm_for_n_requests_answers_the_code_without_touching_the_book(

@@ -13,19 +13,11 @@ from fixtures_simulator import ManualClock, SignedClient, SimFactory, client_for
 from proxy.simulator import Account, Credentials, Simulator
 from proxy.simulator.limits import Charge, LimitRule, SlidingWindowLimiter, apply_overrides
 from proxy.simulator.signing import generate_orderly_keypair
+from proxy.simulator.symbols import resting_order
 
 
 def order(cid: str | None = None, symbol: str = "PERP_ETH_USDC") -> dict[str, object]:
-    body: dict[str, object] = {
-        "symbol": symbol,
-        "order_type": "LIMIT",
-        "side": "BUY",
-        "order_price": 2900,
-        "order_quantity": 0.01,
-    }
-    if cid:
-        body["client_order_id"] = cid
-    return body
+    return resting_order(cid or None, symbol)
 
 
 def v3_order(symbol: str, price: int) -> dict[str, object]:

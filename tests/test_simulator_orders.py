@@ -11,20 +11,13 @@ from fixtures_simulator import Answer, SignedClient
 from proxy.catalog import default_catalog
 from proxy.simulator import Simulator
 from proxy.simulator.signing import generate_orderly_keypair, orderly_headers
+from proxy.simulator.symbols import resting_order
 
 ETH = "PERP_ETH_USDC"
 
 
 def order(**fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "symbol": ETH,
-        "order_type": "LIMIT",
-        "side": "BUY",
-        "order_price": 2900,
-        "order_quantity": 0.01,
-    }
-    body.update(fields)
-    return {k: v for k, v in body.items() if v is not None}
+    return resting_order(symbol=ETH, **fields)
 
 
 async def place(client: SignedClient, **fields: Any) -> Answer:

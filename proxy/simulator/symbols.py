@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from proxy.simulator.errors import SimError
 
@@ -121,3 +122,21 @@ def default_balances(profile: str) -> dict[str, Decimal]:
     if profile == "orderly":
         return {"USDC": Decimal(100_000)}
     return {"USDT": Decimal(100_000), "BTC": Decimal(2), "ETH": Decimal(20)}
+
+
+def resting_order(
+    client_order_id: str | None = None, symbol: str = "PERP_ETH_USDC", **fields: Any
+) -> dict[str, Any]:
+    """An Orderly placement that passes the default symbol filters and rests open (a BUY LIMIT below
+    the 3000 mid): what tests, benchmarks and users' bots send when the order itself does not matter.
+    `fields` override or add parameters; a field set to None is left out."""
+    body: dict[str, Any] = {
+        "symbol": symbol,
+        "order_type": "LIMIT",
+        "side": "BUY",
+        "order_price": 2900,
+        "order_quantity": 0.01,
+        "client_order_id": client_order_id,
+        **fields,
+    }
+    return {name: value for name, value in body.items() if value is not None}

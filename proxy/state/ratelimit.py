@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +128,34 @@ class _Scope:
 MAX_SCOPES_PER_RULE = 50_000
 
 
+class _IdleCandidate(Protocol):
+    last_used: float
+    cooling_until: float
+
+
+S = TypeVar("S", bound=_IdleCandidate)
+
+
+def forget_idle(
+    table: dict[str, dict[str, S]], now: float, idle_for: float, used: Callable[[S, float], int]
+) -> int:
+    """Drop, from a rule -> scope -> record table, the records idle for `idle_for` that hold no slot
+    and no cool-down (and rules left empty); how many were dropped."""
+    dropped = 0
+    for rule in list(table):
+        scopes = table[rule]
+        for key in [
+            key
+            for key, record in scopes.items()
+            if record.last_used <= now - idle_for and used(record, now) == 0 and record.cooling_until <= now
+        ]:
+            del scopes[key]
+            dropped += 1
+        if not scopes:
+            del table[rule]
+    return dropped
+
+
 class MemoryRateLimitState:
     """In-process slot accounting. Every method runs without suspending, so each is atomic in asyncio."""
 
@@ -204,16 +232,4 @@ class MemoryRateLimitState:
     def drop_idle(self, now: float, idle_for: float) -> int:
         """Forget scopes that hold nothing and were last used `idle_for` ago. Lossless: a scope with no
         slot held and no cool-down running is the same as a scope never seen."""
-        dropped = 0
-        for rule in list(self._rules):
-            scopes = self._rules[rule]
-            for key in [
-                key
-                for key, scope in scopes.items()
-                if scope.last_used <= now - idle_for and scope.used(now) == 0 and scope.cooling_until <= now
-            ]:
-                del scopes[key]
-                dropped += 1
-            if not scopes:
-                del self._rules[rule]
-        return dropped
+        return forget_idle(self._rules, now, idle_for, _Scope.used)

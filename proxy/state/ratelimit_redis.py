@@ -43,7 +43,7 @@ from typing import Any
 from proxy.errors import StateUnavailable
 from proxy.logs import log
 from proxy.metrics import Metrics
-from proxy.state.ratelimit import Claim, MemoryRateLimitState, ScopeUsage, Verdict
+from proxy.state.ratelimit import Claim, MemoryRateLimitState, ScopeUsage, Verdict, forget_idle
 from proxy.state.ratelimit_redis_lua import ACQUIRE, COOL_DOWN, HAND_OVER, RELEASE
 from proxy.state.redis_link import RedisLink, StateUnavailableError
 
@@ -331,19 +331,7 @@ class RedisRateLimitState:
         return max((seen.used_now(now) / seen.limit for seen in scopes), default=0.0)
 
     def drop_idle(self, now: float, idle_for: float) -> int:
-        dropped = self._local.drop_idle(now, idle_for)
-        for rule in list(self._seen):
-            scopes = self._seen[rule]
-            for scope in [
-                scope
-                for scope, seen in scopes.items()
-                if seen.last_used <= now - idle_for and seen.used_now(now) == 0 and seen.cooling_until <= now
-            ]:
-                del scopes[scope]
-                dropped += 1
-            if not scopes:
-                del self._seen[rule]
-        return dropped
+        return self._local.drop_idle(now, idle_for) + forget_idle(self._seen, now, idle_for, _Seen.used_now)
 
     def describe(self) -> dict[str, Any]:
         return {
