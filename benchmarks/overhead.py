@@ -4,6 +4,8 @@ Same run, loopback, fixed-JSON upstream. Throughput with 32 connections and late
 measured by wrk (Debian package `wrk`). Seawall runs with every policy on: the request's route is
 guarded by a breaker, a rate-limit rule (with a budget too large to throttle) and dedup.
 Bars: Seawall >= 0.85x the bare proxy's throughput and <= 1.2x its single-connection latency.
+A fourth target, the bare proxy forwarding with Seawall's own upstream client, shows what Seawall's
+routing, policies and metrics cost on top of the same transport.
 
     python benchmarks/overhead.py [--seconds 10] [--rounds 3]
 """
@@ -76,11 +78,17 @@ def main() -> int:
         raise SystemExit("wrk is needed: apt-get install wrk")
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        up, bare, sw, admin = free_port(), free_port(), free_port(), free_port()
+        up, bare, lean, sw, admin = free_port(), free_port(), free_port(), free_port(), free_port()
         upstream = f"http://127.0.0.1:{up}"
         processes.append(subprocess.Popen([sys.executable, HERE / "fixed_upstream.py", str(up)]))
         wait_ready(upstream + "/")
         processes.append(subprocess.Popen([sys.executable, HERE / "bare_proxy.py", str(bare), upstream]))
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, HERE / "bare_proxy.py", str(lean), upstream, "--client", "seawall"],
+                cwd=HERE.parent,
+            )
+        )
         config = Path(tempfile.mkdtemp()) / "bench.yaml"
         config.write_text(SEAWALL_CONFIG)
         env = {
@@ -93,10 +101,12 @@ def main() -> int:
             subprocess.Popen([sys.executable, "-m", "proxy", "run", "--config", str(config)], env=env)
         )
         wait_ready(f"http://127.0.0.1:{bare}/")
+        wait_ready(f"http://127.0.0.1:{lean}/")
         wait_ready(f"http://127.0.0.1:{admin}/healthz")
         targets = {
             "direct": upstream,
             "bare aiohttp proxy": f"http://127.0.0.1:{bare}",
+            "bare proxy, Seawall's client": f"http://127.0.0.1:{lean}",
             "seawall": f"http://127.0.0.1:{sw}",
         }
         results: dict[str, list[tuple[float, float, float, float, float, float]]] = {t: [] for t in targets}

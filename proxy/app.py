@@ -167,6 +167,7 @@ class Seawall:
             "version": __version__,
             "profile": self.config.profile,
             "upstream": self.config.upstream.url,
+            "upstream_connections": self.forwarder.stats(),
             "uptime_seconds": round(time.time() - self._started_at, 3),
             "routes": self.routes.names,
             "policies": [policy.name for policy in self.policies],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -73,6 +74,20 @@ class UpstreamConfig(_Model):
     timeout: PositiveSeconds = 10.0
     max_connections: int = Field(default=100, ge=1)
     max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of CA certificates to trust for an https upstream, instead of the system's",
+    )
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable_ca_file(cls, path: str | None) -> str | None:
+        if path is not None:
+            try:
+                ssl.create_default_context(cafile=path)
+            except (OSError, ssl.SSLError) as error:
+                raise ValueError(f"cannot load CA certificates from {path!r}: {error}") from None
+        return path
 
     @field_validator("url")
     @classmethod

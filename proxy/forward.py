@@ -1,22 +1,24 @@
 """The byte-exact upstream call: the strict point of cut-off between Seawall and the exchange.
 
-Everything above this module works on the request context; this one sends the bot's bytes to the one
-configured upstream and brings the exchange's bytes back. PITFALLS.md lists the aiohttp client traps
-each line here avoids: URL re-quoting, auto headers, silent resends, transparent decompression.
+Everything above this module works on the request context; this one turns it into the bytes the
+exchange receives (the bot's request line target, headers and body as received, minus hop-by-hop
+fields, with Host for the upstream) and the exchange's answer back into an `Answer`. The connection
+pool and HTTP parsing live in proxy/upstream.py.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.answer import Answer
 from proxy.config import UpstreamConfig
 from proxy.context import RequestContext
-from proxy.errors import UpstreamInvalid, UpstreamUnavailable, UpstreamUnreached
+from proxy.errors import BadRequest, UpstreamInvalid, UpstreamUnavailable
+from proxy.upstream import UpstreamAnswer, UpstreamClient
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus what the client recomputes (length, framing, Host) and
 # Expect (Seawall has the whole body already; forwarding it would make the client wait for a 100).
@@ -37,97 +39,113 @@ HOP_BY_HOP = frozenset(
         "Expect",
     )
 )
-# Headers the aiohttp client would add on its own; the bot's own values (if any) still pass.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 def end_to_end_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
     """Copy headers without hop-by-hop fields (and those the Connection header names), keeping repeats."""
     copy = CIMultiDict(headers)  # a C-level copy; then drop the few fields present (hot path)
-    named = copy.getall("Connection", ())
-    for name in HOP_BY_HOP:
-        if name in copy:
-            del copy[name]
-    for value in named:
-        for token in value.split(","):
-            copy.popall(token.strip(), None)
+    _drop_hop_by_hop(copy)
     return copy
 
 
+def _drop_hop_by_hop(headers: CIMultiDict[str]) -> None:
+    named = headers.getall("Connection", ())
+    for name in HOP_BY_HOP:
+        if name in headers:
+            del headers[name]
+    for value in named:
+        for token in value.split(","):
+            headers.popall(token.strip(), None)
+
+
 class Forwarder:
-    """One pooled keep-alive client session to the configured upstream; `send` is its only call."""
+    """Sends a request context to the configured upstream over pooled keep-alive connections."""
 
     def __init__(self, upstream: UpstreamConfig) -> None:
         self._config = upstream
-        self._base = upstream.url
-        self._session: aiohttp.ClientSession | None = None
+        url = URL(upstream.url)
+        assert url.host is not None  # validated by the config model
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        self._host_header = host if url.is_default_port() else f"{host}:{url.port}"
+        self._client: UpstreamClient | None = None
 
     @property
     def ready(self) -> bool:
-        return self._session is not None and not self._session.closed
+        return self._client is not None and not self._client.closed
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._config.max_connections, ttl_dns_cache=60, enable_cleanup_closed=True
+        url = URL(self._config.url)
+        assert url.host is not None and url.port is not None
+        tls = None
+        if url.scheme == "https":  # certificate and host name verified, against ca_file or the system's CAs
+            tls = ssl.create_default_context(cafile=self._config.ca_file)
+        self._client = UpstreamClient(
+            url.host,
+            url.port,
+            tls=tls,
+            limit=self._config.max_connections,
+            connect_timeout=self._config.connect_timeout,
+            max_body=self._config.max_response_bytes,
         )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # a compressed answer stays compressed, with its own headers
-            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies between bots
-            # `connect` would include waiting for a pool slot; sock_connect is the TCP/TLS connect.
-            timeout=aiohttp.ClientTimeout(
-                total=self._config.timeout, sock_connect=self._config.connect_timeout
-            ),
-            skip_auto_headers=_NO_AUTO_HEADERS,
-        )
-        # aiohttp >= 3.9 silently resends GET/PUT/DELETE once after a dropped keep-alive connection;
-        # each resend spends exchange budget the limiter never saw, and a PUT (order edit) goes twice.
-        # There is no public switch; aiohttp's own TestClient sets this private flag the same way.
-        self._session._retry_connection = False
+
+    def stats(self) -> dict[str, int]:
+        return self._client.stats() if self._client is not None else {}
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def send(self, ctx: RequestContext) -> Answer:
-        if self._session is None:
+        client = self._client
+        if client is None:
             raise UpstreamUnavailable("proxy is shutting down")
-        # encoded=True: the query reaches the exchange byte for byte (a re-quoted query breaks signatures).
-        url = URL(self._base + ctx.raw_path, encoded=True)
-        headers = ctx.forward_headers if ctx.forward_headers is not None else end_to_end_headers(ctx.headers)
+        headers = ctx.forward_headers if ctx.forward_headers is not None else ctx.headers
+        # The bot's framing decides whether a length goes out: an empty POST keeps its `Content-Length: 0`,
+        # a GET without one gets none.
+        framed = bool(ctx.body) or "Content-Length" in ctx.headers or "Transfer-Encoding" in ctx.headers
+        head = request_head(
+            ctx.method, ctx.raw_path, self._host_header, headers, len(ctx.body) if framed else None
+        )
         started = time.monotonic()
-        try:
-            async with self._session.request(
-                ctx.method,
-                url,
-                headers=headers,
-                data=ctx.body if ctx.body else None,
-                allow_redirects=False,
-            ) as response:
-                body = await self._read_body(response)
-                answer_headers = end_to_end_headers(response.headers)
-                status, reason = response.status, response.reason
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
-            # No connection, so nothing was sent: dedup may let a retry through (UpstreamUnreached).
-            raise UpstreamUnreached("the exchange could not be reached") from None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamUnavailable("the exchange did not answer in time") from None
-        except aiohttp.ClientResponseError as exc:
-            raise UpstreamInvalid(f"the exchange sent an invalid response ({exc.status})") from None
-        except (aiohttp.ClientError, OSError):
-            raise UpstreamUnavailable("the exchange could not be reached") from None
-        return Answer(status, answer_headers, body, reason, latency=time.monotonic() - started)
+        upstream = await client.request(head, ctx.body, ctx.method == "HEAD", self._config.timeout)
+        latency = time.monotonic() - started
+        status, reason, answer_headers = decode_answer_head(upstream)
+        return Answer(status, answer_headers, upstream.body, reason, latency=latency)
 
-    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
-        cap = self._config.max_response_bytes
-        if response.content_length is not None and response.content_length <= cap:
-            return await response.read()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > cap:
-                raise UpstreamInvalid(f"the exchange's answer exceeds {cap} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+def request_head(
+    method: str, target: str, host: str, headers: CIMultiDictProxy[str] | CIMultiDict[str], length: int | None
+) -> bytes:
+    """The request line and header block, end-to-end headers in the bot's order and spelling."""
+    drop = HOP_BY_HOP
+    connection = headers.get("Connection")
+    if connection:  # the fields the Connection header names are hop-by-hop too
+        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    for name, value in headers.items():
+        if name.lower() not in drop:
+            parts.append(f"{name}: {value}\r\n")
+    if length is not None:
+        parts.append(f"Content-Length: {length}\r\n")
+    parts.append("\r\n")
+    head = "".join(parts)
+    lines = len(parts) + 1  # the first part holds two lines
+    if head.count("\n") != lines or head.count("\r") != lines:
+        # The listener's parser refuses CR/LF in a request already; this guards what policies add.
+        raise BadRequest("a header carries a line break")
+    # surrogateescape: bytes that are not UTF-8 go out exactly as the bot sent them (aiohttp's server
+    # decoded them the same way).
+    return head.encode("utf-8", "surrogateescape")
+
+
+def decode_answer_head(answer: UpstreamAnswer) -> tuple[int, str, CIMultiDict[str]]:
+    """Status, reason and end-to-end headers of an upstream answer, as text for the listener."""
+    try:
+        reason = answer.reason.decode("utf-8")
+        pairs = [(name.decode("utf-8"), value.decode("utf-8")) for name, value in answer.headers]
+    except UnicodeDecodeError:
+        raise UpstreamInvalid("the exchange sent a header that is not UTF-8") from None
+    headers = CIMultiDict(pairs)
+    _drop_hop_by_hop(headers)
+    return answer.status, reason, headers

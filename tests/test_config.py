@@ -93,6 +93,7 @@ def test_bad_value_names_the_key_in_a_list(tmp_path: Path) -> None:
         ("- just\n- a list\n", "top level must be a mapping"),
         ("upstream: {url: 'https://user:TOPSECRET@api.woox.io'}\n", "must not carry credentials"),
         ("upstream: {url: 'http://127.0.0.1:99999'}\n", "port between 1 and 65535"),
+        ("upstream: {ca_file: /no/such/ca.pem}\n", "upstream.ca_file: Value error, cannot load CA"),
         ("state: {redis: {url: 'http://127.0.0.1:6379'}}\n", "state.redis.url"),
         (
             "ratelimit: {rules: [{name: a, routes: [order.place], limit: 1},\n"

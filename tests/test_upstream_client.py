@@ -1,0 +1,466 @@
+"""The upstream HTTP/1.1 client against scripted loopback servers that send exactly the bytes a test
+chooses: framing (length, chunked, read-to-close), interim answers, HEAD, garbage, truncation, timeouts,
+the connection cap, and what goes out on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import uvloop
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.errors import BadRequest, UpstreamInvalid, UpstreamUnavailable, UpstreamUnreached
+from proxy.forward import request_head
+from proxy.upstream import UpstreamClient
+from tests.fixtures_proxy import StartSeawall, wait_until
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{"success":true}'
+GET = b"GET /v1/positions HTTP/1.1\r\nHost: x\r\n\r\n"
+
+Serve = Callable[["Script"], Awaitable["ScriptedServer"]]
+Clients = Callable[..., UpstreamClient]
+
+# Given one request's raw head and body, write to the connection; return False to close it afterwards.
+Script = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
+
+
+class ScriptedServer:
+    """Reads requests framed by Content-Length and answers each through `script` with raw bytes."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.closed_connections = 0
+        self.busy = 0
+        self.most_busy = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length)
+                self.requests.append(head + body)
+                self.busy += 1
+                self.most_busy = max(self.most_busy, self.busy)
+                try:
+                    keep = await self.script(head + body, writer)
+                    await writer.drain()
+                finally:
+                    self.busy -= 1
+                if not keep:
+                    return
+        finally:
+            writer.close()
+            self.closed_connections += 1
+
+
+def answer_with(*chunks: bytes, keep: bool = True) -> Script:
+    async def script(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+        return keep
+
+    return script
+
+
+# Every test here runs on both loops: `seawall run` uses uvloop, whose transports differ from asyncio's.
+# pytest-asyncio deprecates this fixture in favour of a suite-wide hook; `serve` checks the loop really
+# is uvloop, so the day the fixture stops working this module fails instead of quietly losing a loop.
+pytestmark = pytest.mark.filterwarnings("ignore:.*event_loop_policy.*:DeprecationWarning")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    return uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
+
+
+@pytest.fixture
+async def serve(event_loop_policy: asyncio.AbstractEventLoopPolicy) -> AsyncIterator[Serve]:
+    on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    assert on_uvloop == isinstance(event_loop_policy, uvloop.EventLoopPolicy)
+    servers: list[ScriptedServer] = []
+
+    async def start(script: Script) -> ScriptedServer:
+        server = ScriptedServer(script)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Clients]:
+    made: list[UpstreamClient] = []
+
+    def make(server: ScriptedServer, limit: int = 10, max_body: int = 1 << 20) -> UpstreamClient:
+        client = UpstreamClient(
+            "127.0.0.1", server.port, tls=None, limit=limit, connect_timeout=2.0, max_body=max_body
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+async def test_length_framed_answers_reuse_one_connection(serve: Serve, clients: Clients) -> None:
+    server = await serve(answer_with(OK))
+    client = clients(server)
+    for _ in range(3):
+        answer = await client.request(GET, b"", head_request=False, timeout=5)
+        assert (answer.status, answer.reason, answer.body) == (200, b"OK", b'{"success":true}')
+        assert (b"Content-Type", b"application/json") in answer.headers
+    assert server.connections == 1
+    assert client.stats() == {"open": 1, "idle": 1, "limit": 10}
+
+
+async def test_chunked_answer_arrives_whole_and_in_pieces(serve: Serve, clients: Clients) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = await serve(answer_with(head + b"5\r\nhello\r\n", b"6\r\n world\r\n0\r\n\r\n"))
+    client = clients(server)
+    answer = await client.request(GET, b"", head_request=False, timeout=5)
+    assert answer.body == b"hello world"
+    answer = await client.request(GET, b"", head_request=False, timeout=5)
+    assert answer.body == b"hello world" and server.connections == 1
+
+
+async def test_answer_without_length_ends_at_connection_close(serve: Serve, clients: Clients) -> None:
+    head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+    server = await serve(answer_with(head + b"part one,", b" two", keep=False))
+    client = clients(server)
+    answer = await client.request(GET, b"", head_request=False, timeout=5)
+    assert answer.body == b"part one, two"
+    assert (await client.request(GET, b"", head_request=False, timeout=5)).body == b"part one, two"
+    assert server.connections == 2  # never reused after a close-delimited answer
+
+
+async def test_truncated_answer_is_an_error_not_a_short_body(serve: Serve, clients: Clients) -> None:
+    server = await serve(answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", keep=False))
+    client = clients(server)
+    with pytest.raises(UpstreamUnavailable, match="closed the connection"):
+        await client.request(GET, b"", head_request=False, timeout=5)
+    assert client.stats()["open"] == 0
+
+
+async def test_interim_answers_are_skipped(serve: Serve, clients: Clients) -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    server = await serve(answer_with(interim + OK))
+    client = clients(server)
+    answer = await client.request(GET, b"", head_request=False, timeout=5)
+    assert answer.status == 200 and answer.body == b'{"success":true}'
+    assert all(name != b"Link" for name, _ in answer.headers)
+
+
+async def test_head_answer_has_no_body_and_does_not_wait_for_one(serve: Serve, clients: Clients) -> None:
+    server = await serve(answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n"))
+    client = clients(server)
+    head = b"HEAD /v1/positions HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = await client.request(head, b"", head_request=True, timeout=5)
+    assert answer.status == 200 and answer.body == b""
+    assert (b"Content-Length", b"500") in answer.headers
+
+
+async def test_no_content_answer_keeps_the_connection(serve: Serve, clients: Clients) -> None:
+    server = await serve(answer_with(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    client = clients(server)
+    for _ in range(2):
+        assert (await client.request(GET, b"", head_request=False, timeout=5)).status == 204
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 abc OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"],
+)
+async def test_garbage_instead_of_http_is_invalid(serve: Serve, clients: Clients, garbage: bytes) -> None:
+    server = await serve(answer_with(garbage, keep=False))
+    client = clients(server)
+    with pytest.raises(UpstreamInvalid):
+        await client.request(GET, b"", head_request=False, timeout=5)
+    assert client.stats()["open"] == 0
+
+
+async def test_oversize_answer_is_refused_and_its_connection_dropped(serve: Serve, clients: Clients) -> None:
+    server = await serve(answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000))
+    client = clients(server, max_body=1024)
+    with pytest.raises(UpstreamInvalid, match="exceeds 1024 bytes"):
+        await client.request(GET, b"", head_request=False, timeout=5)
+    assert client.stats()["open"] == 0
+
+
+async def test_silent_upstream_times_out_and_nothing_is_resent(serve: Serve, clients: Clients) -> None:
+    hold = asyncio.Event()
+
+    async def silent(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await hold.wait()
+        return False
+
+    server = await serve(silent)
+    client = clients(server)
+    try:
+        with pytest.raises(UpstreamUnavailable, match="did not answer in time"):
+            await client.request(GET, b"", head_request=False, timeout=0.2)
+        assert len(server.requests) == 1
+        assert client.stats()["open"] == 0
+    finally:
+        hold.set()
+
+
+async def test_connection_cap_queues_requests_beyond_it(serve: Serve, clients: Clients) -> None:
+    gate = asyncio.Event()
+
+    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await gate.wait()
+        writer.write(OK)
+        return True
+
+    server = await serve(held)
+    client = clients(server, limit=2)
+    tasks = [asyncio.ensure_future(client.request(GET, b"", head_request=False, timeout=5)) for _ in range(6)]
+    await wait_until(lambda: server.busy == 2)
+    assert len(server.requests) == 2  # the other four wait for a connection, unsent
+    gate.set()
+    answers = await asyncio.gather(*tasks)
+    assert [a.status for a in answers] == [200] * 6
+    assert server.connections == 2 and server.most_busy == 2
+
+
+async def test_waiting_for_a_connection_is_bounded_by_the_timeout(serve: Serve, clients: Clients) -> None:
+    gate = asyncio.Event()
+
+    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await gate.wait()
+        writer.write(OK)
+        return True
+
+    server = await serve(held)
+    client = clients(server, limit=1)
+    first = asyncio.ensure_future(client.request(GET, b"", head_request=False, timeout=5))
+    await wait_until(lambda: server.busy == 1)
+    with pytest.raises(UpstreamUnavailable, match="no upstream connection came free"):
+        await client.request(GET, b"", head_request=False, timeout=0.1)
+    gate.set()
+    assert (await first).status == 200
+    assert (await client.request(GET, b"", head_request=False, timeout=5)).status == 200
+    assert len(server.requests) == 2
+
+
+async def test_cancelled_request_frees_its_connection(serve: Serve, clients: Clients) -> None:
+    gate = asyncio.Event()
+
+    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await gate.wait()
+        writer.write(OK)
+        return True
+
+    server = await serve(held)
+    client = clients(server, limit=1)
+    first = asyncio.ensure_future(client.request(GET, b"", head_request=False, timeout=5))
+    await wait_until(lambda: server.busy == 1)
+    first.cancel()
+    gate.set()
+    assert (await client.request(GET, b"", head_request=False, timeout=5)).status == 200
+    assert client.stats()["open"] == 1
+
+
+async def test_connection_the_server_dropped_while_idle_is_not_reused(serve: Serve, clients: Clients) -> None:
+    server = await serve(answer_with(OK, keep=False))  # keep-alive announced, then closed anyway
+    client = clients(server)
+    assert (await client.request(GET, b"", head_request=False, timeout=5)).status == 200
+    await wait_until(lambda: client.stats()["idle"] == 0)
+    assert (await client.request(GET, b"", head_request=False, timeout=5)).status == 200
+    assert server.connections == 2
+
+
+async def test_bytes_after_an_answer_spoil_only_that_connection(serve: Serve, clients: Clients) -> None:
+    server = await serve(answer_with(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"))
+    client = clients(server)
+    assert (await client.request(GET, b"", head_request=False, timeout=5)).body == b'{"success":true}'
+    assert (await client.request(GET, b"", head_request=False, timeout=5)).body == b'{"success":true}'
+    assert server.connections == 2
+
+
+async def test_unreachable_upstream_is_unreached() -> None:
+    client = UpstreamClient("127.0.0.1", 1, tls=None, limit=2, connect_timeout=1.0, max_body=1024)
+    with pytest.raises(UpstreamUnreached):
+        await client.request(GET, b"", head_request=False, timeout=5)
+    assert client.stats()["open"] == 0
+
+
+async def test_request_head_keeps_order_repeats_and_framing_of_the_bot() -> None:
+    headers = CIMultiDict(
+        [
+            ("orderly-key", "ed25519:abc"),
+            ("X-Repeat", "1"),
+            ("Connection", "keep-alive, X-Private"),
+            ("X-Private", "hop"),
+            ("Host", "seawall:8080"),
+            ("X-Repeat", "2"),
+            ("Content-Length", "0"),
+        ]
+    )
+    head = request_head("POST", "/v1/order?a=%7e", "api.example:443", headers, 0)
+    assert head == (
+        b"POST /v1/order?a=%7e HTTP/1.1\r\nHost: api.example:443\r\n"
+        b"orderly-key: ed25519:abc\r\nX-Repeat: 1\r\nX-Repeat: 2\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert b"Content-Length" not in request_head("GET", "/", "h", CIMultiDict(), None)
+
+
+async def test_request_head_refuses_line_breaks_a_policy_might_add() -> None:
+    with pytest.raises(BadRequest):
+        request_head("GET", "/", "h", CIMultiDict([("X-A", "1\r\nX-Injected: 2")]), None)
+
+
+async def test_non_utf8_answer_header_is_a_local_error(serve: Serve, start_seawall: StartSeawall) -> None:
+    server = await serve(answer_with(b"HTTP/1.1 200 OK\r\nX-Odd: \xff\xfe\r\nContent-Length: 2\r\n\r\n{}"))
+    seawall = await start_seawall("orderly", f"http://127.0.0.1:{server.port}")
+    async with aiohttp.ClientSession() as session, session.get(seawall.proxy_url + "/v1/positions") as r:
+        assert r.status == 500
+        assert r.headers["X-Seawall"] == "upstream-invalid"
+        assert (await r.json())["success"] is False
+
+
+async def test_status_shows_the_upstream_connections(serve: Serve, start_seawall: StartSeawall) -> None:
+    server = await serve(answer_with(OK))
+    seawall = await start_seawall(
+        "orderly", f"http://127.0.0.1:{server.port}", upstream={"max_connections": 7}
+    )
+    async with aiohttp.ClientSession() as session:
+        async with session.get(seawall.proxy_url + "/v1/positions") as r:
+            assert r.status == 200
+        async with session.get(seawall.admin_url + "/status") as r:
+            assert (await r.json())["upstream_connections"] == {"open": 1, "idle": 1, "limit": 7}
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A throw-away CA, and a certificate it signed for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    folder = tmp_path_factory.mktemp("tls")
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder(
+            name("seawall test CA"),
+            name("seawall test CA"),
+            ca_key.public_key(),
+            1,
+            now,
+            now + datetime.timedelta(days=1),
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder(
+            issuer_name=ca.subject,
+            subject_name=name("127.0.0.1"),
+            public_key=key.public_key(),
+            serial_number=2,
+            not_valid_before=now,
+            not_valid_after=now + datetime.timedelta(days=1),
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+async def tls_upstream(tls_files: tuple[Path, Path, Path]) -> AsyncIterator[tuple[str, list[str]]]:
+    """An https upstream on loopback: (its URL, the raw paths it was asked for)."""
+    _, cert, key = tls_files
+    seen: list[str] = []
+
+    async def handle(request: web.BaseRequest) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response({"success": True, "data": {"host": request.host}})
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    runner = web.ServerRunner(web.Server(handle, access_log=None))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"https://127.0.0.1:{port}", seen
+    await runner.cleanup()
+
+
+async def test_https_upstream_is_verified_against_the_configured_ca(
+    tls_files: tuple[Path, Path, Path], tls_upstream: tuple[str, list[str]], start_seawall: StartSeawall
+) -> None:
+    url, seen = tls_upstream
+    seawall = await start_seawall("orderly", url, upstream={"url": url, "ca_file": str(tls_files[0])})
+    path = "/v1/orders?symbol=PERP_ETH_USDC&x=%7e"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            async with session.get(URL(seawall.proxy_url + path, encoded=True)) as r:
+                assert r.status == 200
+                assert (await r.json())["data"]["host"] == url.removeprefix("https://")
+    assert seen == [path, path]
+    assert seawall.forwarder.stats()["open"] == 1  # one TLS connection, kept alive
+
+
+async def test_https_upstream_with_an_untrusted_certificate_is_never_sent_the_request(
+    tls_upstream: tuple[str, list[str]], start_seawall: StartSeawall
+) -> None:
+    url, seen = tls_upstream
+    seawall = await start_seawall("orderly", url)  # the system's CAs do not know the test CA
+    async with aiohttp.ClientSession() as session, session.get(seawall.proxy_url + "/v1/positions") as r:
+        assert r.status == 400
+        assert r.headers["X-Seawall"] == "upstream-unavailable"
+        assert (await r.json())["code"] == -1011
+    assert seen == []
