@@ -17,7 +17,7 @@ from yarl import URL
 from proxy.answer import Answer
 from proxy.config import UpstreamConfig
 from proxy.context import RequestContext
-from proxy.errors import BadRequest, UpstreamInvalid, UpstreamUnavailable
+from proxy.errors import BadRequest, UpstreamInvalid, UpstreamUnreached
 from proxy.upstream import UpstreamAnswer, UpstreamClient
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus what the client recomputes (length, framing, Host) and
@@ -99,7 +99,7 @@ class Forwarder:
     async def send(self, ctx: RequestContext) -> Answer:
         client = self._client
         if client is None:
-            raise UpstreamUnavailable("proxy is shutting down")
+            raise UpstreamUnreached("proxy is shutting down")
         headers = ctx.forward_headers if ctx.forward_headers is not None else ctx.headers
         # The bot's framing decides whether a length goes out: an empty POST keeps its `Content-Length: 0`,
         # a GET without one gets none.
@@ -119,9 +119,9 @@ def request_head(
 ) -> bytes:
     """The request line and header block, end-to-end headers in the bot's order and spelling."""
     drop = HOP_BY_HOP
-    connection = headers.get("Connection")
-    if connection:  # the fields the Connection header names are hop-by-hop too
-        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    named = headers.getall("Connection", ())
+    if named:  # the fields the Connection header(s) name are hop-by-hop too
+        drop = drop | {token.strip().lower() for value in named for token in value.split(",")}
     parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in headers.items():
         if name.lower() not in drop:

@@ -25,6 +25,9 @@ from proxy.errors import UpstreamInvalid, UpstreamUnavailable, UpstreamUnreached
 # connections on their own schedule, and a request written into one being dropped is lost (aiohttp's
 # connector keeps the same 15 s default for the same reason).
 IDLE_REUSE_SECONDS = 15.0
+# Status line and headers of one answer: aiohttp's parser allowed ~8 KiB a field; an exchange's answers
+# carry well under 4 KiB in all. Anything larger is not an exchange answer.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class UpstreamAnswer:
@@ -59,6 +62,7 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._reason = b""
+        self._head_size = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
         self._size = 0
@@ -67,6 +71,7 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange ------------------------------------------------------------------------------
     def begin(self, data: bytes, head_request: bool) -> asyncio.Future[None]:
+        """Write one request; the future resolves when its answer is complete."""
         self._reset()
         self.reusable = False
         self._head_request = head_request
@@ -103,8 +108,9 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._headers_done and self._reads_to_close():
-            waiter.set_result(None)  # an answer with no length ends where the connection ends
+        if exc is None and self._headers_done and self._reads_to_close():
+            # An answer with no length ends where the connection ends, if it ends cleanly (FIN, not RST).
+            waiter.set_result(None)
         else:
             waiter.set_exception(UpstreamUnavailable("the exchange closed the connection mid-answer"))
 
@@ -133,17 +139,30 @@ class _Connection(asyncio.Protocol):
             raise _ExtraMessage
 
     def on_status(self, reason: bytes) -> None:
+        self._count_head(len(reason))
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:
+            return  # a chunked answer's trailer fields: framing detail, not headers for the bot
+        self._count_head(len(name) + len(value))
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
-        if self._head_request:
+        status = self._parser.get_status_code()
+        if status == 101:
+            # llhttp completes an upgrade before it reports it: refuse here, before the answer counts.
+            raise UpstreamInvalid("the exchange tried to switch protocols")
+        if self._head_request and status >= 200:
             # llhttp would wait for a HEAD answer's announced body; it has none. The connection is not
             # reused, so its parser state does not matter after this.
             self._finish(reusable=False)
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > MAX_HEAD_BYTES:
+            raise UpstreamInvalid(f"the exchange's answer headers exceed {MAX_HEAD_BYTES} bytes")
 
     def on_body(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -153,7 +172,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if 100 <= status < 200:
             self._reset()  # an interim answer (100 Continue, 103 Early Hints): the real one follows
             return
         if not self._complete:
@@ -161,20 +180,27 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self, reusable: bool) -> None:
         self._complete = True
-        self.reusable = reusable and self.open
+        # An answer can come before the whole request went out (an early error): bytes still queued
+        # would then arrive as the start of the next request, so such a connection is not reused.
+        transport = self.transport
+        self.reusable = (
+            reusable and self.open and transport is not None and transport.get_write_buffer_size() == 0
+        )
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def _reads_to_close(self) -> bool:
-        # Only an answer framed by neither Content-Length nor chunked coding may end at connection close.
+        # RFC 9112 §6.3: a Transfer-Encoding whose last coding is not chunked, or no Content-Length,
+        # means the answer ends at connection close (as llhttp reads it).
+        length = False
         for name, value in self._headers:
             lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                return not value.rstrip().lower().endswith(b"chunked")
             if lowered == b"content-length":
-                return False
-            if lowered == b"transfer-encoding" and b"chunked" in value.lower():
-                return False
-        return True
+                length = True
+        return not length
 
 
 def _time_out(connection: _Connection) -> None:
@@ -213,16 +239,18 @@ class UpstreamClient:
     ) -> UpstreamAnswer:
         """Send one request (head and body bytes as given) and read its answer within `timeout` seconds.
 
-        Raises UpstreamUnreached when no connection could be made (nothing was sent), UpstreamUnavailable
-        on timeout or a dropped connection, UpstreamInvalid on an answer that is not valid HTTP/1.x.
+        Raises UpstreamUnreached whenever nothing was sent (no connection, none free in time, shutting
+        down), UpstreamUnavailable on timeout or a dropped connection after sending, UpstreamInvalid on an
+        answer that is not valid HTTP/1.x.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         connection = self._reuse() or await self._connect(deadline)
-        waiter = connection.begin(head + body if body else head, head_request)
         timer = loop.call_at(deadline, _time_out, connection)
         try:
-            await waiter
+            if not connection.open:  # a new connection lost before its first request: nothing was sent
+                raise UpstreamUnreached("the exchange closed the connection before the request went out")
+            await connection.begin(head + body if body else head, head_request)
         except BaseException:  # timeout, bad answer, or the caller cancelled: the connection is spent
             connection.close()
             self._release(connection)
@@ -243,9 +271,10 @@ class UpstreamClient:
         self.closed = True
         while self._idle:
             self._idle.pop().close()
+            self._count -= 1
         for waiter in self._slot_waiters:
             if not waiter.done():
-                waiter.set_exception(UpstreamUnavailable("proxy is shutting down"))
+                waiter.set_exception(UpstreamUnreached("proxy is shutting down"))
 
     # -- the pool ----------------------------------------------------------------------------------
     def _reuse(self) -> _Connection | None:
@@ -262,8 +291,9 @@ class UpstreamClient:
         return None
 
     async def _connect(self, deadline: float) -> _Connection:
+        # Every failure here comes before a byte was written: UpstreamUnreached lets dedup allow a retry.
         if self.closed:
-            raise UpstreamUnavailable("proxy is shutting down")
+            raise UpstreamUnreached("proxy is shutting down")
         loop = asyncio.get_running_loop()
         while self._count >= self._limit:  # every connection is busy: wait for one to come back
             slot: asyncio.Future[None] = loop.create_future()
@@ -271,13 +301,16 @@ class UpstreamClient:
             try:
                 async with asyncio.timeout_at(deadline):
                     await slot
-            except TimeoutError:
+            except BaseException as error:  # out of time, cancelled by the caller, or shutting down
                 if slot.done() and not slot.cancelled():
-                    self._wake_one()  # the wake-up came as time ran out: pass it on, don't lose it
-                raise UpstreamUnavailable("no upstream connection came free in time") from None
-            finally:
-                if not slot.done():
+                    self._wake_one()  # woken just as this waiter left: pass the wake-up on
+                else:
                     slot.cancel()
+                if isinstance(error, TimeoutError):
+                    raise UpstreamUnreached("no upstream connection came free in time") from None
+                raise
+            if self.closed:
+                raise UpstreamUnreached("proxy is shutting down")
             connection = self._reuse()
             if connection is not None:
                 return connection
