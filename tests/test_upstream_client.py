@@ -26,7 +26,7 @@ from yarl import URL
 
 from proxy.errors import BadRequest, UpstreamInvalid, UpstreamUnavailable, UpstreamUnreached
 from proxy.forward import request_head
-from proxy.upstream import UpstreamClient
+from proxy.upstream import UpstreamAnswer, UpstreamClient
 from tests.fixtures_proxy import StartSeawall, wait_until
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{"success":true}'
@@ -104,6 +104,32 @@ def answer_with(*chunks: bytes, keep: bool = True) -> Script:
 pytestmark = pytest.mark.filterwarnings("ignore:.*event_loop_policy.*:DeprecationWarning")
 
 
+def held_until(gate: asyncio.Event) -> Script:
+    """Answers each request with OK once `gate` is set, keeping the connection."""
+
+    async def script(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await gate.wait()
+        writer.write(OK)
+        return True
+
+    return script
+
+
+def get(client: UpstreamClient, timeout: float = 5.0) -> Awaitable[UpstreamAnswer]:
+    return client.request(GET, b"", head_request=False, timeout=timeout)
+
+
+def start_get(client: UpstreamClient) -> asyncio.Future[UpstreamAnswer]:
+    return asyncio.ensure_future(get(client))
+
+
+async def busy_with_one(server: ScriptedServer, client: UpstreamClient) -> asyncio.Future[UpstreamAnswer]:
+    """Start a request and return once the server holds it."""
+    first = start_get(client)
+    await wait_until(lambda: server.busy == 1)
+    return first
+
+
 @pytest.fixture(params=["asyncio", "uvloop"])
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
     return uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
@@ -146,7 +172,7 @@ async def test_length_framed_answers_reuse_one_connection(serve: Serve, clients:
     server = await serve(answer_with(OK))
     client = clients(server)
     for _ in range(3):
-        answer = await client.request(GET, b"", head_request=False, timeout=5)
+        answer = await get(client)
         assert (answer.status, answer.reason, answer.body) == (200, b"OK", b'{"success":true}')
         assert (b"Content-Type", b"application/json") in answer.headers
     assert server.connections == 1
@@ -157,9 +183,9 @@ async def test_chunked_answer_arrives_whole_and_in_pieces(serve: Serve, clients:
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     server = await serve(answer_with(head + b"5\r\nhello\r\n", b"6\r\n world\r\n0\r\n\r\n"))
     client = clients(server)
-    answer = await client.request(GET, b"", head_request=False, timeout=5)
+    answer = await get(client)
     assert answer.body == b"hello world"
-    answer = await client.request(GET, b"", head_request=False, timeout=5)
+    answer = await get(client)
     assert answer.body == b"hello world" and server.connections == 1
 
 
@@ -167,9 +193,9 @@ async def test_answer_without_length_ends_at_connection_close(serve: Serve, clie
     head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
     server = await serve(answer_with(head + b"part one,", b" two", keep=False))
     client = clients(server)
-    answer = await client.request(GET, b"", head_request=False, timeout=5)
+    answer = await get(client)
     assert answer.body == b"part one, two"
-    assert (await client.request(GET, b"", head_request=False, timeout=5)).body == b"part one, two"
+    assert (await get(client)).body == b"part one, two"
     assert server.connections == 2  # never reused after a close-delimited answer
 
 
@@ -177,7 +203,7 @@ async def test_truncated_answer_is_an_error_not_a_short_body(serve: Serve, clien
     server = await serve(answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", keep=False))
     client = clients(server)
     with pytest.raises(UpstreamUnavailable, match="closed the connection"):
-        await client.request(GET, b"", head_request=False, timeout=5)
+        await get(client)
     assert client.stats()["open"] == 0
 
 
@@ -185,7 +211,7 @@ async def test_interim_answers_are_skipped(serve: Serve, clients: Clients) -> No
     interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
     server = await serve(answer_with(interim + OK))
     client = clients(server)
-    answer = await client.request(GET, b"", head_request=False, timeout=5)
+    answer = await get(client)
     assert answer.status == 200 and answer.body == b'{"success":true}'
     assert all(name != b"Link" for name, _ in answer.headers)
 
@@ -203,7 +229,7 @@ async def test_no_content_answer_keeps_the_connection(serve: Serve, clients: Cli
     server = await serve(answer_with(b"HTTP/1.1 204 No Content\r\n\r\n"))
     client = clients(server)
     for _ in range(2):
-        assert (await client.request(GET, b"", head_request=False, timeout=5)).status == 204
+        assert (await get(client)).status == 204
     assert server.connections == 1
 
 
@@ -215,7 +241,7 @@ async def test_garbage_instead_of_http_is_invalid(serve: Serve, clients: Clients
     server = await serve(answer_with(garbage, keep=False))
     client = clients(server)
     with pytest.raises(UpstreamInvalid):
-        await client.request(GET, b"", head_request=False, timeout=5)
+        await get(client)
     assert client.stats()["open"] == 0
 
 
@@ -223,7 +249,7 @@ async def test_oversize_answer_is_refused_and_its_connection_dropped(serve: Serv
     server = await serve(answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000))
     client = clients(server, max_body=1024)
     with pytest.raises(UpstreamInvalid, match="exceeds 1024 bytes"):
-        await client.request(GET, b"", head_request=False, timeout=5)
+        await get(client)
     assert client.stats()["open"] == 0
 
 
@@ -238,7 +264,7 @@ async def test_silent_upstream_times_out_and_nothing_is_resent(serve: Serve, cli
     client = clients(server)
     try:
         with pytest.raises(UpstreamUnavailable, match="did not answer in time"):
-            await client.request(GET, b"", head_request=False, timeout=0.2)
+            await get(client, 0.2)
         assert len(server.requests) == 1
         assert client.stats()["open"] == 0
     finally:
@@ -247,15 +273,9 @@ async def test_silent_upstream_times_out_and_nothing_is_resent(serve: Serve, cli
 
 async def test_connection_cap_queues_requests_beyond_it(serve: Serve, clients: Clients) -> None:
     gate = asyncio.Event()
-
-    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await gate.wait()
-        writer.write(OK)
-        return True
-
-    server = await serve(held)
+    server = await serve(held_until(gate))
     client = clients(server, limit=2)
-    tasks = [asyncio.ensure_future(client.request(GET, b"", head_request=False, timeout=5)) for _ in range(6)]
+    tasks = [start_get(client) for _ in range(6)]
     await wait_until(lambda: server.busy == 2)
     assert len(server.requests) == 2  # the other four wait for a connection, unsent
     gate.set()
@@ -266,52 +286,32 @@ async def test_connection_cap_queues_requests_beyond_it(serve: Serve, clients: C
 
 async def test_waiting_for_a_connection_is_bounded_by_the_timeout(serve: Serve, clients: Clients) -> None:
     gate = asyncio.Event()
-
-    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await gate.wait()
-        writer.write(OK)
-        return True
-
-    server = await serve(held)
+    server = await serve(held_until(gate))
     client = clients(server, limit=1)
-    first = asyncio.ensure_future(client.request(GET, b"", head_request=False, timeout=5))
-    await wait_until(lambda: server.busy == 1)
+    first = await busy_with_one(server, client)
     # Nothing was sent, so dedup may let the bot's retry through (UpstreamUnreached).
     with pytest.raises(UpstreamUnreached, match="no upstream connection came free"):
-        await client.request(GET, b"", head_request=False, timeout=0.1)
+        await get(client, 0.1)
     gate.set()
     assert (await first).status == 200
-    assert (await client.request(GET, b"", head_request=False, timeout=5)).status == 200
+    assert (await get(client)).status == 200
     assert len(server.requests) == 2
 
 
 async def test_cancelled_request_frees_its_connection(serve: Serve, clients: Clients) -> None:
     gate = asyncio.Event()
-
-    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await gate.wait()
-        writer.write(OK)
-        return True
-
-    server = await serve(held)
+    server = await serve(held_until(gate))
     client = clients(server, limit=1)
-    first = asyncio.ensure_future(client.request(GET, b"", head_request=False, timeout=5))
-    await wait_until(lambda: server.busy == 1)
+    first = await busy_with_one(server, client)
     first.cancel()
     gate.set()
-    assert (await client.request(GET, b"", head_request=False, timeout=5)).status == 200
+    assert (await get(client)).status == 200
     assert client.stats()["open"] == 1
 
 
 async def test_a_waiter_cancelled_as_it_is_woken_passes_the_connection_on(serve: Serve) -> None:
     gate = asyncio.Event()
-
-    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await gate.wait()
-        writer.write(OK)
-        return True
-
-    server = await serve(held)
+    server = await serve(held_until(gate))
     victim: list[asyncio.Task[object]] = []
 
     class CancelOnWake(UpstreamClient):
@@ -322,10 +322,9 @@ async def test_a_waiter_cancelled_as_it_is_woken_passes_the_connection_on(serve:
                 victim.pop().cancel()
 
     client = CancelOnWake("127.0.0.1", server.port, tls=None, limit=1, connect_timeout=2.0, max_body=1024)
-    first = asyncio.ensure_future(client.request(GET, b"", head_request=False, timeout=5))
-    await wait_until(lambda: server.busy == 1)
-    second = asyncio.ensure_future(client.request(GET, b"", head_request=False, timeout=5))
-    third = asyncio.ensure_future(client.request(GET, b"", head_request=False, timeout=5))
+    first = await busy_with_one(server, client)
+    second = start_get(client)
+    third = start_get(client)
     await wait_until(lambda: len(client._slot_waiters) == 2)
     victim.append(second)
     gate.set()
@@ -338,17 +337,17 @@ async def test_a_waiter_cancelled_as_it_is_woken_passes_the_connection_on(serve:
 async def test_connection_the_server_dropped_while_idle_is_not_reused(serve: Serve, clients: Clients) -> None:
     server = await serve(answer_with(OK, keep=False))  # keep-alive announced, then closed anyway
     client = clients(server)
-    assert (await client.request(GET, b"", head_request=False, timeout=5)).status == 200
+    assert (await get(client)).status == 200
     await wait_until(lambda: client.stats()["idle"] == 0)
-    assert (await client.request(GET, b"", head_request=False, timeout=5)).status == 200
+    assert (await get(client)).status == 200
     assert server.connections == 2
 
 
 async def test_bytes_after_an_answer_spoil_only_that_connection(serve: Serve, clients: Clients) -> None:
     server = await serve(answer_with(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"))
     client = clients(server)
-    assert (await client.request(GET, b"", head_request=False, timeout=5)).body == b'{"success":true}'
-    assert (await client.request(GET, b"", head_request=False, timeout=5)).body == b'{"success":true}'
+    assert (await get(client)).body == b'{"success":true}'
+    assert (await get(client)).body == b'{"success":true}'
     assert server.connections == 2
 
 
@@ -365,7 +364,7 @@ async def test_switching_protocols_is_refused(serve: Serve, clients: Clients) ->
     server = await serve(answer_with(upgrade))
     client = clients(server)
     with pytest.raises(UpstreamInvalid, match="switch protocols"):
-        await client.request(GET, b"", head_request=False, timeout=5)
+        await get(client)
     assert client.stats()["open"] == 0
 
 
@@ -398,7 +397,7 @@ async def test_oversize_answer_head_is_refused(serve: Serve, clients: Clients) -
     server = await serve(answer_with(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"))
     client = clients(server)
     with pytest.raises(UpstreamInvalid, match="headers exceed"):
-        await client.request(GET, b"", head_request=False, timeout=5)
+        await get(client)
     assert client.stats()["open"] == 0
 
 
@@ -406,17 +405,10 @@ async def test_closing_the_client_answers_waiters_and_frees_idle_connections(
     serve: Serve, clients: Clients
 ) -> None:
     gate = asyncio.Event()
-
-    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await gate.wait()
-        writer.write(OK)
-        return True
-
-    server = await serve(held)
+    server = await serve(held_until(gate))
     client = clients(server, limit=1)
-    first = asyncio.ensure_future(client.request(GET, b"", head_request=False, timeout=5))
-    await wait_until(lambda: server.busy == 1)
-    waiting = asyncio.ensure_future(client.request(GET, b"", head_request=False, timeout=5))
+    first = await busy_with_one(server, client)
+    waiting = start_get(client)
     await wait_until(lambda: len(client._slot_waiters) == 1)
     await client.close()
     with pytest.raises(UpstreamUnreached, match="shutting down"):
@@ -429,7 +421,7 @@ async def test_closing_the_client_answers_waiters_and_frees_idle_connections(
 async def test_unreachable_upstream_is_unreached() -> None:
     client = UpstreamClient("127.0.0.1", 1, tls=None, limit=2, connect_timeout=1.0, max_body=1024)
     with pytest.raises(UpstreamUnreached):
-        await client.request(GET, b"", head_request=False, timeout=5)
+        await get(client)
     assert client.stats()["open"] == 0
 
 
