@@ -184,7 +184,7 @@ async def test_half_open_lets_exactly_one_probe_through_and_its_success_closes()
 
     upstream.answer = slow_ok
     probe = asyncio.create_task(send(policy, upstream))
-    await asyncio.sleep(0)  # let the probe claim its slot
+    await wait_until(lambda: upstream.calls == 4)  # the probe holds its slot, at the upstream
     others = await asyncio.wait_for(
         asyncio.gather(*(send(policy, upstream) for _ in range(50)), return_exceptions=True), 5
     )
@@ -226,8 +226,9 @@ async def failure_in_flight_then_trip(
         return error_answer(-1011)
 
     upstream.answer = slow_failure
+    calls = upstream.calls
     late = asyncio.create_task(send(policy, upstream))
-    await asyncio.sleep(0)  # let it reach the upstream before the storm
+    await wait_until(lambda: upstream.calls == calls + 1)  # at the upstream before the storm
     await trip(policy, upstream)
     return late, release
 
@@ -277,7 +278,7 @@ async def test_cancelled_probe_is_not_a_failure_and_frees_the_probe_slot() -> No
     clock.now += 5.0
     upstream.answer = asyncio.Event().wait  # type: ignore[assignment]  # never answers
     probe = asyncio.create_task(send(policy, upstream))
-    await asyncio.sleep(0)
+    await wait_until(lambda: upstream.calls == 4)
     probe.cancel()  # the bot hung up
     with pytest.raises(asyncio.CancelledError):
         await probe
@@ -293,7 +294,7 @@ async def test_cancelled_requests_do_not_count_toward_the_threshold() -> None:
     await trip(policy, upstream, times=2)
     upstream.answer = asyncio.Event().wait  # type: ignore[assignment]
     tasks = [asyncio.create_task(send(policy, upstream)) for _ in range(5)]
-    await asyncio.sleep(0)
+    await wait_until(lambda: upstream.calls == 7)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
