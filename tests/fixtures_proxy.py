@@ -31,6 +31,16 @@ async def default_responder(request: web.BaseRequest, body: bytes) -> web.Stream
     return web.json_response({"success": True, "data": {}, "timestamp": 1})
 
 
+def held_until(release: asyncio.Event, data: Any = None) -> Responder:
+    """A responder that holds every request until `release`, then answers success with `data`."""
+
+    async def respond(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+        await release.wait()
+        return web.json_response({"success": True, "data": {} if data is None else data})
+
+    return respond
+
+
 def held_then(release: asyncio.Event, first: dict[str, Any]) -> Responder:
     """A responder that holds every request until `release`, answers the first with the error payload
     `first` (status 400) and every later one with a success."""

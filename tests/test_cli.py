@@ -12,8 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from fixtures_proxy import RecordingUpstream, wait_until, wait_until_async
+from fixtures_proxy import RecordingUpstream, held_until, wait_until, wait_until_async
 
 SEAWALL = [sys.executable, "-m", "proxy"]
 
@@ -35,11 +34,7 @@ async def _healthy(url: str) -> bool:
 async def test_run_serves_with_env_overrides_and_drains_on_sigterm(upstream: RecordingUpstream) -> None:
     release = asyncio.Event()
 
-    async def slow(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
-        await release.wait()
-        return web.json_response({"success": True, "data": {"order_id": 1}})
-
-    upstream.responder = slow
+    upstream.responder = held_until(release, {"order_id": 1})
     proxy_port, admin_port = _free_port(), _free_port()
     env = {
         **os.environ,

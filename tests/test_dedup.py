@@ -13,7 +13,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from fixtures_proxy import RecordingUpstream, StartSeawall, held_then, seawall_config, wait_until
+from fixtures_proxy import (
+    RecordingUpstream,
+    StartSeawall,
+    held_then,
+    held_until,
+    seawall_config,
+    wait_until,
+)
 from fixtures_redis import Backend
 from fixtures_simulator import SignedClient
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -249,11 +256,7 @@ async def test_same_identity_with_another_payload_is_answered_1007_and_never_for
 ) -> None:
     release = asyncio.Event()
 
-    async def slow(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
-        await release.wait()
-        return web.json_response({"success": True, "data": {"order_id": 1}})
-
-    upstream.responder = slow
+    upstream.responder = held_until(release, {"order_id": 1})
     seawall = await start_seawall("orderly", upstream.url, **backend)
     url = seawall.proxy_url + "/v1/order"
     async with aiohttp.ClientSession() as session:
@@ -461,11 +464,7 @@ async def test_bot_hanging_up_does_not_abandon_its_order_and_the_retry_gets_its_
 ) -> None:
     release = asyncio.Event()
 
-    async def slow(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
-        await release.wait()
-        return web.json_response({"success": True, "data": {"order_id": 42}})
-
-    upstream.responder = slow
+    upstream.responder = held_until(release, {"order_id": 42})
     seawall = await start_seawall("orderly", upstream.url, **backend)
     url = seawall.proxy_url + "/v1/order"
     async with aiohttp.ClientSession() as session:

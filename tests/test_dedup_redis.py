@@ -17,8 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import redis.asyncio as redis
-from aiohttp import web
-from fixtures_proxy import RecordingUpstream, StartSeawall, held_then, wait_until
+from fixtures_proxy import RecordingUpstream, StartSeawall, held_then, held_until, wait_until
 from fixtures_redis import RedisServer
 from fixtures_simulator import SignedClient
 from multidict import CIMultiDictProxy
@@ -125,11 +124,7 @@ async def test_conflicting_payload_is_refused_on_every_replica(
 ) -> None:
     release = asyncio.Event()
 
-    async def slow(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
-        await release.wait()
-        return web.json_response({"success": True, "data": {"order_id": 1}})
-
-    upstream.responder = slow
+    upstream.responder = held_until(release, {"order_id": 1})
     a, b, c = await replicas(start_seawall, 3, upstream.url, **shared(redis_server))
     order = {**MARKET_BUY, "client_order_id": "conflict-1"}
     other = {**order, "order_quantity": 0.02}

@@ -8,7 +8,7 @@ import socket
 
 import aiohttp
 from aiohttp import web
-from fixtures_proxy import RecordingUpstream, StartSeawall, wait_until
+from fixtures_proxy import RecordingUpstream, StartSeawall, held_until, wait_until
 from rawhttp import raw_request, split_answer
 
 
@@ -35,11 +35,7 @@ async def test_upstream_timeout_answers_1011(
 ) -> None:
     release = asyncio.Event()
 
-    async def hang(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
-        await release.wait()
-        return web.json_response({"success": True})
-
-    upstream.responder = hang
+    upstream.responder = held_until(release)
     seawall = await start_seawall("orderly", upstream.url, upstream={"url": upstream.url, "timeout": 0.3})
     try:
         async with aiohttp.ClientSession() as session:

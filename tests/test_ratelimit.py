@@ -17,9 +17,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from aiolimiter import AsyncLimiter
-from fixtures_proxy import RecordingUpstream, StartSeawall, wait_until
+from fixtures_proxy import RecordingUpstream, StartSeawall, held_until, wait_until
 from fixtures_simulator import SignedClient, SimFactory
 
 from proxy.app import Seawall
@@ -426,11 +425,7 @@ async def test_a_queued_request_gives_up_at_max_wait_when_the_slot_holder_is_slo
 ) -> None:
     gate = asyncio.Event()
 
-    async def slow(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
-        await gate.wait()
-        return web.json_response({"success": True, "data": {}})
-
-    upstream.responder = slow
+    upstream.responder = held_until(gate)
     seawall = await seawall_in_front(
         start_seawall, upstream.url, [rule("orders.list", ["orders.list"], 1, 0.05, max_wait=0.3)]
     )

@@ -21,13 +21,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fixtures_proxy import StartSeawall, wait_until
 from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.errors import BadRequest, UpstreamInvalid, UpstreamUnavailable, UpstreamUnreached
 from proxy.forward import request_head
 from proxy.upstream import UpstreamAnswer, UpstreamClient
-from tests.fixtures_proxy import StartSeawall, wait_until
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{"success":true}'
 GET = b"GET /v1/positions HTTP/1.1\r\nHost: x\r\n\r\n"
