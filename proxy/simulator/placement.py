@@ -9,7 +9,7 @@ integer 0…2^63-1 where 0 means "none".
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -64,18 +64,8 @@ ORDERLY = Dialect(
     "string",
     frozenset({"slippage", "level", "post_only_adjust", "margin_mode"}),
 )
-WOOX_V1 = Dialect(
-    "order_type",
-    "order_price",
-    "order_quantity",
-    "order_amount",
-    "client_order_id",
-    "reduce_only",
-    "order_tag",
-    "visible_quantity",
-    "integer",
-    frozenset({"margin_mode", "position_side"}),
-)
+# WOO X v1 names its fields as Orderly does; only its client ids and its extra fields differ.
+WOOX_V1 = replace(ORDERLY, client_ids="integer", extra=frozenset({"margin_mode", "position_side"}))
 WOOX_V3 = Dialect(
     "type",
     "price",
