@@ -13,7 +13,6 @@ routing, policies and metrics cost on top of the same transport.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import statistics
@@ -22,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import free_port, wait_ready
+from harness import free_port, start_seawall, wait_ready
 
 HERE = Path(__file__).resolve().parent
 PATH = "/v1/orders?symbol=PERP_ETH_USDC&status=INCOMPLETE"
@@ -91,15 +90,7 @@ def main() -> int:
         )
         config = Path(tempfile.mkdtemp()) / "bench.yaml"
         config.write_text(SEAWALL_CONFIG)
-        env = {
-            **os.environ,
-            "SEAWALL_UPSTREAM": upstream,
-            "SEAWALL_LISTEN": f"127.0.0.1:{sw}",
-            "SEAWALL_ADMIN_LISTEN": f"127.0.0.1:{admin}",
-        }
-        processes.append(
-            subprocess.Popen([sys.executable, "-m", "proxy", "run", "--config", str(config)], env=env)
-        )
+        processes.append(start_seawall(config, upstream, sw, admin))
         wait_ready(f"http://127.0.0.1:{bare}/")
         wait_ready(f"http://127.0.0.1:{lean}/")
         wait_ready(f"http://127.0.0.1:{admin}/healthz")

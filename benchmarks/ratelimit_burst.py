@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.harness import free_port, wait_ready  # noqa: E402
+from benchmarks.harness import free_port, start_seawall, wait_ready  # noqa: E402
 from benchmarks.ratelimit_goodput import get  # noqa: E402
 from proxy.cli import run_event_loop  # noqa: E402
 from proxy.simulator.signing import OrderlyKeyPair, generate_orderly_keypair, orderly_headers  # noqa: E402
@@ -97,20 +96,7 @@ def main() -> int:
         wait_ready(sim_url + "/__sim/counters")
         config = Path(tempfile.mkdtemp()) / "burst.yaml"
         config.write_text(CONFIG)
-        env = {
-            **os.environ,
-            "SEAWALL_UPSTREAM": sim_url,
-            "SEAWALL_LISTEN": f"127.0.0.1:{proxy_port}",
-            "SEAWALL_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
-        }
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "proxy", "run", "--config", str(config)],
-                env=env,
-                cwd=HERE.parent,
-                stdout=subprocess.DEVNULL,
-            )
-        )
+        processes.append(start_seawall(config, sim_url, proxy_port, admin_port))
         wait_ready(f"http://127.0.0.1:{admin_port}/healthz")
         spreads: dict[str, list[float]] = {"seawall": [], "direct": []}
         latencies: dict[str, list[float]] = {"seawall": [], "direct": []}

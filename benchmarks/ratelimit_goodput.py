@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.harness import free_port, start_simulator, wait_ready  # noqa: E402
+from benchmarks.harness import free_port, start_seawall, start_simulator, wait_ready  # noqa: E402
 from proxy.cli import run_event_loop  # noqa: E402
 from proxy.simulator.signing import generate_orderly_keypair, orderly_headers  # noqa: E402
 from proxy.simulator.symbols import resting_order  # noqa: E402
@@ -176,18 +174,11 @@ def run_one(limiter: str, args: argparse.Namespace) -> dict[str, Any]:
         processes.append(start_simulator(sim_port, account, pair.public_key))
         config = Path(tempfile.mkdtemp()) / "goodput.yaml"
         config.write_text(CONFIG)
-        env = {
-            **os.environ,
-            "SEAWALL_UPSTREAM": sim_url,
-            "SEAWALL_LISTEN": f"127.0.0.1:{proxy_port}",
-            "SEAWALL_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
-        }
-        command: Sequence[str] = (
-            [sys.executable, "-m", "proxy", "run", "--config", str(config)]
-            if limiter == "seawall"
-            else [sys.executable, __file__, "--serve", limiter, str(config)]
+        # The aiolimiter variants: this script serving the same config with another limiter.
+        command = (
+            None if limiter == "seawall" else [sys.executable, __file__, "--serve", limiter, str(config)]
         )
-        processes.append(subprocess.Popen(command, env=env, cwd=HERE.parent, stdout=subprocess.DEVNULL))
+        processes.append(start_seawall(config, sim_url, proxy_port, admin_port, command=command))
         wait_ready(f"http://127.0.0.1:{admin_port}/healthz")
         result: dict[str, Any] = {}
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from harness import free_port, start_simulator, wait_ready  # noqa: E402
+from harness import free_port, start_seawall, start_simulator, wait_ready  # noqa: E402
 from ratelimit_goodput import LIMIT, WINDOW, get, metric  # noqa: E402
 
 from proxy.cli import run_event_loop  # noqa: E402
@@ -115,22 +114,8 @@ def run_replicas(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         proxies, admins = [], []
         for _ in range(REPLICAS):
             proxy_port, admin_port = free_port(), free_port()
-            env = {
-                **os.environ,
-                "SEAWALL_UPSTREAM": sim_url,
-                "SEAWALL_LISTEN": f"127.0.0.1:{proxy_port}",
-                "SEAWALL_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
-            }
-            if backend == "redis":
-                env["SEAWALL_REDIS_URL"] = redis_url
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "proxy", "run", "--config", str(config)],
-                    env=env,
-                    cwd=HERE.parent,
-                    stdout=subprocess.DEVNULL,
-                )
-            )
+            env = {"SEAWALL_REDIS_URL": redis_url} if backend == "redis" else {}
+            processes.append(start_seawall(config, sim_url, proxy_port, admin_port, env=env))
             proxies.append(f"http://127.0.0.1:{proxy_port}")
             admins.append(f"http://127.0.0.1:{admin_port}")
         for admin in admins:
