@@ -49,13 +49,16 @@ def end_to_end_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIM
 
 
 def _drop_hop_by_hop(headers: CIMultiDict[str]) -> None:
+    for name in hop_by_hop_names(headers):
+        headers.popall(name, None)
+
+
+def hop_by_hop_names(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+    """Lower-case names not to pass on: the fixed hop-by-hop set and what the Connection header(s) name."""
     named = headers.getall("Connection", ())
-    for name in HOP_BY_HOP:
-        if name in headers:
-            del headers[name]
-    for value in named:
-        for token in value.split(","):
-            headers.popall(token.strip(), None)
+    if not named:
+        return HOP_BY_HOP
+    return HOP_BY_HOP | {token.strip().lower() for value in named for token in value.split(",")}
 
 
 class Forwarder:
@@ -63,10 +66,11 @@ class Forwarder:
 
     def __init__(self, upstream: UpstreamConfig) -> None:
         self._config = upstream
-        url = URL(upstream.url)
-        assert url.host is not None  # validated by the config model
-        host = f"[{url.host}]" if ":" in url.host else url.host
-        self._host_header = host if url.is_default_port() else f"{host}:{url.port}"
+        self._url = URL(upstream.url)
+        host = self._url.host
+        assert host is not None and self._url.port is not None  # validated by the config model
+        host = f"[{host}]" if ":" in host else host
+        self._host_header = host if self._url.is_default_port() else f"{host}:{self._url.port}"
         self._client: UpstreamClient | None = None
 
     @property
@@ -74,7 +78,7 @@ class Forwarder:
         return self._client is not None and not self._client.closed
 
     async def start(self) -> None:
-        url = URL(self._config.url)
+        url = self._url
         assert url.host is not None and url.port is not None
         tls = None
         if url.scheme == "https":  # certificate and host name verified, against ca_file or the system's CAs
@@ -118,10 +122,7 @@ def request_head(
     method: str, target: str, host: str, headers: CIMultiDictProxy[str] | CIMultiDict[str], length: int | None
 ) -> bytes:
     """The request line and header block, end-to-end headers in the bot's order and spelling."""
-    drop = HOP_BY_HOP
-    named = headers.getall("Connection", ())
-    if named:  # the fields the Connection header(s) name are hop-by-hop too
-        drop = drop | {token.strip().lower() for value in named for token in value.split(",")}
+    drop = hop_by_hop_names(headers)
     parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in headers.items():
         if name.lower() not in drop:

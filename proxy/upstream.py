@@ -324,13 +324,11 @@ class UpstreamClient:
                     ssl=self._ssl,
                     server_hostname=self._host if self._ssl else None,
                 )
-        except (OSError, TimeoutError):
+        except BaseException as error:  # refused, out of time, TLS failure, or the caller cancelled
             self._count -= 1
             self._wake_one()
-            raise UpstreamUnreached("the exchange could not be reached") from None
-        except BaseException:
-            self._count -= 1
-            self._wake_one()
+            if isinstance(error, OSError | TimeoutError):
+                raise UpstreamUnreached("the exchange could not be reached") from None
             raise
         return protocol
 
