@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.harness import free_port, start_seawall, wait_ready  # noqa: E402
 from benchmarks.ratelimit_goodput import get  # noqa: E402
-from proxy.cli import run_event_loop  # noqa: E402
+from proxy.runtime import run_event_loop  # noqa: E402
 from proxy.simulator.signing import OrderlyKeyPair, generate_orderly_keypair, orderly_headers  # noqa: E402
 from proxy.simulator.symbols import resting_order  # noqa: E402
 

@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.harness import free_port, start_seawall, start_simulator, wait_ready  # noqa: E402
-from proxy.cli import run_event_loop  # noqa: E402
+from proxy.runtime import run_event_loop  # noqa: E402
 from proxy.simulator.signing import generate_orderly_keypair, orderly_headers  # noqa: E402
 from proxy.simulator.symbols import resting_order  # noqa: E402
 
@@ -65,8 +65,8 @@ def serve_with_aiolimiter(config_path: str, spaced: bool) -> int:
     from aiolimiter import AsyncLimiter
 
     import proxy.app
-    from proxy.cli import wait_for_stop_signal
     from proxy.config import load_config
+    from proxy.runtime import wait_for_stop_signal
 
     class AiolimiterPolicy:
         name = "ratelimit"

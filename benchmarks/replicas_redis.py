@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 from harness import free_port, start_seawall, start_simulator, wait_ready  # noqa: E402
 from ratelimit_goodput import LIMIT, WINDOW, get, metric  # noqa: E402
 
-from proxy.cli import run_event_loop  # noqa: E402
+from proxy.runtime import run_event_loop  # noqa: E402
 from proxy.simulator.signing import generate_orderly_keypair, orderly_headers  # noqa: E402
 from proxy.simulator.symbols import resting_order  # noqa: E402
 

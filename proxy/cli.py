@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
-import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import yaml
 
 from proxy import __version__
 from proxy.config import ConfigError, SeawallConfig, load_config, redacted
-
-
-def run_event_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    """Run `main` on uvloop where available (it adds 6-19% to a proxy hop, PITFALLS.md)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main())
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())
-
-
-async def wait_for_stop_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+from proxy.runtime import run_event_loop, wait_for_stop_signal
 
 
 def _load(path: str | None) -> SeawallConfig | None:

@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         "--scale", type=float, default=1.0, help="stretch or shrink every act (1.0 = about a minute in all)"
     )
     args = parser.parse_args(argv)
-    from proxy.cli import run_event_loop
     from proxy.logs import setup_logging
+    from proxy.runtime import run_event_loop
 
     setup_logging("error")  # the table tells the story; policies' warnings would interleave with it
 

@@ -17,16 +17,45 @@ Control requests are never counted, limited or faulted.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
+from proxy.simulator.book import Order
 from proxy.simulator.errors import SimError
+from proxy.simulator.faults import Fault, FaultInjector
 
-if TYPE_CHECKING:
-    from proxy.simulator.server import Simulator
+
+class ControlledSimulator(Protocol):
+    """What the control API drives (proxy/simulator/server.py implements it).
+
+    Declared here, so this module does not import the server that mounts it.
+    """
+
+    faults: FaultInjector
+
+    def info(self) -> dict[str, Any]: ...
+    def snapshot(self) -> dict[str, Any]: ...
+    def add_fault(self, fault: Fault | Mapping[str, Any]) -> str: ...
+    def remove_fault(self, fault_id: str) -> bool: ...
+    def clear_faults(self) -> None: ...
+    def reset(self) -> None: ...
+    def orders(self, account_id: str | None = None) -> list[Order]: ...
+    def fill_order(
+        self,
+        *,
+        order_id: int | None = None,
+        client_order_id: str | None = None,
+        account_id: str | None = None,
+    ) -> Order: ...
+    def set_mid(self, symbol: str, price: Decimal | str | float) -> None: ...
+    def set_balance(self, account_id: str, token: str, amount: Decimal | str | float) -> None: ...
+    @staticmethod
+    def describe(order: Order) -> dict[str, Any]: ...
+
 
 PREFIX = "/__sim/"
 
@@ -35,7 +64,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def handle_control(sim: Simulator, request: web.Request) -> web.Response:
+async def handle_control(sim: ControlledSimulator, request: web.Request) -> web.Response:
     """Dispatch one control request; 400 with `{"ok": false, "error"}` on bad input."""
     action = request.path.removeprefix(PREFIX).rstrip("/")
     try:
@@ -58,37 +87,41 @@ async def handle_control(sim: Simulator, request: web.Request) -> web.Response:
         return _json({"ok": False, "error": str(exc)}, 400)
 
 
-async def _info(sim: Simulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+async def _info(sim: ControlledSimulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
     return sim.info()
 
 
-async def _counters(sim: Simulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+async def _counters(sim: ControlledSimulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
     return sim.snapshot()
 
 
-async def _list_faults(sim: Simulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+async def _list_faults(
+    sim: ControlledSimulator, body: dict[str, Any], request: web.Request
+) -> dict[str, Any]:
     return {"faults": [fault.to_dict() for fault in sim.faults.active()]}
 
 
-async def _add_fault(sim: Simulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+async def _add_fault(sim: ControlledSimulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
     return {"id": sim.add_fault(body)}
 
 
-async def _clear_faults(sim: Simulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+async def _clear_faults(
+    sim: ControlledSimulator, body: dict[str, Any], request: web.Request
+) -> dict[str, Any]:
     sim.clear_faults()
     return {}
 
 
-async def _reset(sim: Simulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+async def _reset(sim: ControlledSimulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
     sim.reset()
     return {}
 
 
-async def _orders(sim: Simulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+async def _orders(sim: ControlledSimulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
     return {"orders": [sim.describe(order) for order in sim.orders(request.query.get("account_id"))]}
 
 
-async def _fill(sim: Simulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+async def _fill(sim: ControlledSimulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
     order = sim.fill_order(
         order_id=None if body.get("order_id") is None else int(body["order_id"]),
         client_order_id=None if body.get("client_order_id") is None else str(body["client_order_id"]),
@@ -97,17 +130,17 @@ async def _fill(sim: Simulator, body: dict[str, Any], request: web.Request) -> d
     return {"order": sim.describe(order)}
 
 
-async def _mid(sim: Simulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+async def _mid(sim: ControlledSimulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
     sim.set_mid(str(body["symbol"]), str(body["price"]))
     return {}
 
 
-async def _balances(sim: Simulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+async def _balances(sim: ControlledSimulator, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
     sim.set_balance(str(body["account_id"]), str(body["token"]), str(body["amount"]))
     return {}
 
 
-Action = Callable[["Simulator", dict[str, Any], web.Request], Awaitable[dict[str, Any]]]
+Action = Callable[[ControlledSimulator, dict[str, Any], web.Request], Awaitable[dict[str, Any]]]
 _ROUTES: dict[tuple[str, str], Action] = {
     ("GET", "info"): _info,
     ("GET", "counters"): _counters,

@@ -10,19 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
 
+from proxy.catalog import ErrorCatalog
+from proxy.simulator.auth import Authenticator
+from proxy.simulator.counters import Counters
 from proxy.simulator.errors import SimError, error_payload
-from proxy.simulator.faults import DEFAULT_GARBAGE, Fault
-from proxy.simulator.limits import Charge
-from proxy.simulator.routing import Route, SimRequest
+from proxy.simulator.faults import DEFAULT_GARBAGE, Fault, FaultInjector
+from proxy.simulator.limits import Charge, SlidingWindowLimiter
+from proxy.simulator.routing import Route, Router, SimRequest
 
-if TYPE_CHECKING:
-    from proxy.simulator.server import Simulator
+
+class SimulatedExchange(Protocol):
+    """The parts of the simulated exchange a request goes through (proxy/simulator/server.py has them).
+
+    Declared here, so this module depends on the parts and the server on this module, not both ways.
+    """
+
+    router: Router
+    auth: Authenticator
+    limiter: SlidingWindowLimiter
+    faults: FaultInjector
+    counters: Counters
+    catalog: ErrorCatalog
+    stopping: asyncio.Event
+
 
 log = logging.getLogger("seawall.simulator")
 
@@ -61,7 +77,7 @@ def parse_request(request: web.Request, body: bytes) -> SimRequest:
     return sim_request
 
 
-def charges(sim: Simulator, route: Route, request: SimRequest) -> list[Charge]:
+def charges(sim: SimulatedExchange, route: Route, request: SimRequest) -> list[Charge]:
     result = []
     for use in route.limits:
         rule = sim.limiter.rules[use.rule]
@@ -78,7 +94,7 @@ def charges(sim: Simulator, route: Route, request: SimRequest) -> list[Charge]:
     return result
 
 
-async def handle(sim: Simulator, request: web.Request) -> web.StreamResponse:
+async def handle(sim: SimulatedExchange, request: web.Request) -> web.StreamResponse:
     body = await request.read()
     matched = sim.router.match(request.method, request.path)
     sim.counters.request(request.path, matched[0].name if matched else "unknown")
@@ -127,7 +143,7 @@ async def handle(sim: Simulator, request: web.Request) -> web.StreamResponse:
     return json_response(200, payload)
 
 
-async def apply_fault(sim: Simulator, request: web.Request, fault: Fault) -> web.StreamResponse:
+async def apply_fault(sim: SimulatedExchange, request: web.Request, fault: Fault) -> web.StreamResponse:
     if fault.kind == "error":
         status, error = error_payload(
             sim.catalog, fault.code, fault.message, status=fault.status, code_as_string=fault.code_as_string
