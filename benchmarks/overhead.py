@@ -1,4 +1,4 @@
-"""Overhead benchmark (issue 2 / PRODUCT.md §6): Seawall vs a bare aiohttp pass-through vs direct.
+"""Overhead benchmark (issue 2; bars in BENCHMARKS.md): Seawall vs a bare aiohttp pass-through vs direct.
 
 Same run, loopback, fixed-JSON upstream. Throughput with 32 connections and latency with 1 connection,
 measured by wrk (Debian package `wrk`). Seawall runs with every policy on: the request's route is

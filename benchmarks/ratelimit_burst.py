@@ -1,4 +1,4 @@
-"""Burst benchmark (PRODUCT.md §4): 8 placements at once with a budget of 10/s go out without delay.
+"""Burst benchmark (docs/design.md): 8 placements at once with a budget of 10/s go out without delay.
 
 The simulator (its own process) and Seawall (its own process, the shipped orderly profile: placements
 10 per 1 s per key) on loopback. Each round sends 8 concurrent placements on a fresh key (an empty

@@ -1,4 +1,4 @@
-"""Rate-limit goodput benchmark (PRODUCT.md §4, §6): 50 concurrent clients on one key.
+"""Rate-limit goodput benchmark: 50 concurrent clients on one key.
 
 The simulator (its own process, strict sliding windows: Orderly placements 10 per 1 s per key) sits
 behind Seawall (its own process, the shipped orderly profile). 50 bots place orders as fast as answers
@@ -65,10 +65,13 @@ def serve_with_aiolimiter(config_path: str, spaced: bool) -> int:
     from aiolimiter import AsyncLimiter
 
     import proxy.app
-    from proxy.config import load_config
+    from proxy.config_loader import load_config
     from proxy.runtime import wait_for_stop_signal
+    from proxy.types import Policy
 
-    class AiolimiterPolicy:
+    class AiolimiterPolicy(Policy):
+        """The stack's default limiter in the rate limiter's place, for comparison."""
+
         name = "ratelimit"
 
         def __init__(self, config: Any) -> None:
@@ -118,7 +121,8 @@ async def fleet(
     local_429 = upstream_429 = other = 0
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
-        session._retry_connection = False  # never resend behind the limiter's back (PITFALLS.md)
+        # aiohttp resends some methods once after a dropped connection: never behind the limiter's back.
+        session._retry_connection = False
         stop_at = time.monotonic() + seconds
 
         async def bot() -> None:

@@ -1,4 +1,4 @@
-"""Shared rate limits on Redis: three Seawall replicas, one budget (PRODUCT.md §4 "Shared state", §6).
+"""Shared rate limits on Redis: three Seawall replicas, one budget (`state: redis`).
 
 One `redis-server` (its own process, a private unix socket), the simulator (its own process, strict
 sliding windows: Orderly placements 10 per 1 s per key) and three Seawall replicas (three `seawall run`
@@ -70,7 +70,8 @@ async def fleet(urls: list[str], account: str, secret: str, clients: int, second
     answers: dict[str, int] = {}
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
-        session._retry_connection = False  # never resend behind the limiter's back (PITFALLS.md)
+        # aiohttp resends some methods once after a dropped connection: never behind the limiter's back.
+        session._retry_connection = False
         stop_at = time.monotonic() + seconds
 
         async def bot(url: str) -> None:
@@ -164,7 +165,7 @@ async def decision_latency(rounds: int, concurrency: int) -> dict[str, dict[str,
     await link.start()
     states: dict[str, RateLimitState] = {
         "memory": MemoryRateLimitState(),
-        "redis": RedisRateLimitState(link, Metrics(), in_flight_expiry=11.0),
+        "redis": RedisRateLimitState(link, in_flight_expiry=11.0),
     }
     claims = (Claim("order.place", "key", "alias", 10**9, 1.01, 1),)  # always room: pure decision cost
     results: dict[str, dict[str, float]] = {}
@@ -191,7 +192,7 @@ async def decision_latency(rounds: int, concurrency: int) -> dict[str, dict[str,
                 }
         return results
     finally:
-        await states["redis"].close()  # type: ignore[attr-defined]
+        await states["redis"].close()
         await link.close()
         redis.terminate()
         redis.wait(10)

@@ -1,4 +1,4 @@
-"""Memory soak (PRODUCT.md §6): many distinct dedup identities and rate-limit scopes; RSS must plateau.
+"""Memory soak: many distinct dedup identities and rate-limit scopes; RSS must plateau (bounded memory).
 
 Seawall (in-process, every policy on, memory backend) in front of a fixed-JSON upstream. Each request is an
 order placement with a fresh client order id, from one of many API keys and symbols, so dedup stores a new
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fixtures_proxy import RecordingUpstream
 
 from proxy.app import Seawall
-from proxy.config import build_config
+from proxy.config_loader import build_config
 
 
 def rss_mib() -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from multidict import CIMultiDict
 
@@ -17,21 +17,3 @@ class Answer:
     code: int | None = None  # the exchange error code, when the answer is an error payload
     name: str | None = None  # the code's name from the table (UNLISTED if not in it)
     latency: float | None = None  # upstream round trip, seconds
-    extra: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def is_error(self) -> bool:
-        return self.code is not None or self.status >= 400
-
-    def copy(self) -> Answer:
-        return Answer(
-            self.status,
-            CIMultiDict(self.headers),
-            self.body,
-            self.reason,
-            self.source,
-            self.code,
-            self.name,
-            self.latency,
-            dict(self.extra),
-        )

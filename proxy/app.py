@@ -9,49 +9,40 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from aiohttp import web
-
 from proxy import __version__
-from proxy.admin import admin_app
+from proxy.admin import AdminSite
 from proxy.catalog import ErrorCatalog, default_catalog
 from proxy.config import SeawallConfig
 from proxy.forward import Forwarder
+from proxy.httpserver import HttpServer
 from proxy.listener import ProxyListener
 from proxy.logs import log, request_level
 from proxy.metrics import Metrics
-from proxy.pipeline import Pipeline, Policy
+from proxy.pipeline import Pipeline
 from proxy.policies.breaker import CircuitBreakerPolicy
 from proxy.policies.dedup import DedupPolicy
 from proxy.policies.ratelimit import RateLimitPolicy
+from proxy.recording import RequestRecorder
 from proxy.routing import RouteTable
+from proxy.state.backends import breaker_store, dedup_state, ratelimit_state
 from proxy.state.redis_link import RedisLink
+from proxy.types import Policy
 
 
 def build_policies(config: SeawallConfig, metrics: Metrics, shared: RedisLink | None = None) -> list[Policy]:
     """The resilience chain, in the order of spec §2: dedup -> breaker -> limiter.
 
-    `shared` is the Redis link when `state.backend` is `redis`: policies keep their numbers there.
+    `shared` is the Redis link when `state.backend` is `redis`: each policy receives its state from
+    `proxy/state/backends.py`, which decides once where it lives.
     """
     # Dedup is always in the chain: even when off, it strips its Idempotency-Key header before forwarding.
-    policies: list[Policy] = [
-        DedupPolicy(config.dedup, metrics, shared=shared, upstream_timeout=config.upstream.timeout)
-    ]
+    policies: list[Policy] = [DedupPolicy(config.dedup, metrics, dedup_state(config, shared))]
     if config.breakers.enabled:
-        policies.append(
-            CircuitBreakerPolicy(
-                config.breakers,
-                metrics,
-                aliases=config.identity.aliases,
-                shared=shared,
-                upstream_timeout=config.upstream.timeout,
-            )
-        )
+        store = breaker_store(config, shared)
+        aliases = config.identity.aliases
+        policies.append(CircuitBreakerPolicy(config.breakers, metrics, store, aliases=aliases))
     if config.ratelimit.enabled:
-        policies.append(
-            RateLimitPolicy(
-                config.ratelimit, metrics, shared=shared, upstream_timeout=config.upstream.timeout
-            )
-        )
+        policies.append(RateLimitPolicy(config.ratelimit, metrics, ratelimit_state(config, shared)))
     return policies
 
 
@@ -61,21 +52,14 @@ class Seawall:
         self.catalog = catalog or default_catalog()
         self.metrics = Metrics()
         self.routes = RouteTable(config.routes, config.identity)
-        self.forwarder = Forwarder(config.upstream)
+        self.forwarder = Forwarder(config.upstream, self.metrics)
         self.shared = RedisLink(config.state.redis, self.metrics) if config.state.backend == "redis" else None
         self.policies = build_policies(config, self.metrics, self.shared)
-        self.pipeline = Pipeline(
-            self.policies,
-            self.forwarder,
-            self.catalog,
-            self.metrics,
-            request_level(config.logging.request_level),
-        )
-        self.listener = ProxyListener(config.server, self.routes, self.pipeline, self.catalog)
-        self._proxy_runner: web.ServerRunner | None = None
-        self._admin_runner: web.AppRunner | None = None
-        self._proxy_site: web.TCPSite | None = None
-        self._admin_site: web.TCPSite | None = None
+        self.recorder = RequestRecorder(self.metrics, request_level(config.logging.request_level))
+        self.pipeline = Pipeline(self.policies, self.forwarder, self.catalog, self.metrics, self.recorder)
+        self.listener = ProxyListener(config.server, self.routes, self.pipeline, self.recorder, self.catalog)
+        self.proxy_server: HttpServer | None = None
+        self.admin_server: HttpServer | None = None
         self._started_at = time.time()
 
     async def start(self) -> None:
@@ -83,28 +67,13 @@ class Seawall:
         if self.shared is not None:
             await self.shared.start()
         for policy in self.policies:
-            starter = getattr(policy, "start", None)
-            if starter is not None:
-                await starter()
-        self._proxy_runner = web.ServerRunner(
-            self.listener.make_server(), shutdown_timeout=self.config.server.shutdown_timeout
-        )
-        await self._proxy_runner.setup()
-        self._proxy_site = web.TCPSite(
-            self._proxy_runner, self.config.listen.host, self.config.listen.port, reuse_address=True
-        )
-        await self._proxy_site.start()
-        self._admin_runner = web.AppRunner(
-            admin_app(self.metrics, self.status, self.readiness_checks()), access_log=None
-        )
-        await self._admin_runner.setup()
-        self._admin_site = web.TCPSite(
-            self._admin_runner,
-            self.config.admin_listen.host,
-            self.config.admin_listen.port,
-            reuse_address=True,
-        )
-        await self._admin_site.start()
+            await policy.start()
+        listener = self.listener
+        self.proxy_server = HttpServer("proxy", listener, listener.limits, self.metrics)
+        await self.proxy_server.start(self.config.listen.host, self.config.listen.port)
+        admin = AdminSite(self.config.server, self.metrics, self.status, self.readiness_checks())
+        self.admin_server = HttpServer("admin", admin, admin.limits, self.metrics)
+        await self.admin_server.start(self.config.admin_listen.host, self.config.admin_listen.port)
         log.info(
             "seawall started",
             extra={
@@ -121,45 +90,40 @@ class Seawall:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded by server.shutdown_timeout), close."""
-        if self._proxy_runner is not None:
-            await self._proxy_runner.cleanup()
-            self._proxy_runner = None
-        if self._admin_runner is not None:
-            await self._admin_runner.cleanup()
-            self._admin_runner = None
+        for server in (self.proxy_server, self.admin_server):  # the admin port answers during the drain
+            if server is not None:
+                await server.stop(self.config.server.shutdown_timeout)
+        self.proxy_server = self.admin_server = None
         for policy in self.policies:
-            closer = getattr(policy, "close", None)
-            if closer is not None:
-                await closer()
+            await policy.close()
         await self.forwarder.close()
         if self.shared is not None:
             await self.shared.close()
         log.info("seawall stopped")
 
     @staticmethod
-    def _bound(site: web.TCPSite | None) -> str:
-        server = getattr(site, "_server", None)
-        if site is None or server is None or not server.sockets:
+    def _bound(server: HttpServer | None) -> str:
+        addresses = server.addresses if server is not None else []
+        if not addresses:
             return ""
-        host, port = server.sockets[0].getsockname()[:2]
+        host, port = addresses[0]
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
     def proxy_url(self) -> str:
-        return self._bound(self._proxy_site)
+        return self._bound(self.proxy_server)
 
     @property
     def admin_url(self) -> str:
-        return self._bound(self._admin_site)
+        return self._bound(self.admin_server)
 
     def readiness_checks(self) -> list[Any]:
         checks: list[Any] = [lambda: (self.forwarder.ready, "upstream_session")]
         if self.shared is not None:
             checks.append(self.shared.ready)
         for policy in self.policies:
-            ready = getattr(policy, "ready", None)
-            if ready is not None:
-                checks.append(ready)
+            if policy.ready() is not None:  # None: the policy has no readiness check
+                checks.append(policy.ready)
         return checks
 
     def status(self) -> dict[str, Any]:
@@ -168,6 +132,8 @@ class Seawall:
             "profile": self.config.profile,
             "upstream": self.config.upstream.url,
             "upstream_connections": self.forwarder.stats(),
+            "upstream_errors": self.forwarder.error_status(),
+            "upstream_congestion": self.forwarder.congestion_status(),
             "uptime_seconds": round(time.time() - self._started_at, 3),
             "routes": self.routes.names,
             "policies": [policy.name for policy in self.policies],
@@ -177,7 +143,7 @@ class Seawall:
             },
         }
         for policy in self.policies:
-            describe = getattr(policy, "status", None)
-            if describe is not None:
-                status[policy.name] = describe()
+            described = policy.status()
+            if described is not None:
+                status[policy.name] = described
         return status

@@ -1,7 +1,7 @@
 """Upstream answer -> exchange error code and name.
 
 Every answer is read for the exchange's error payload `{"success": false, "code": <int>, "message"}`.
-Real exchanges sometimes send the code as a string and vary key order and spacing (EXCHANGES.md §1.1),
+Real exchanges sometimes send the code as a string and vary key order and spacing (docs/exchanges.md),
 so the body is parsed rather than pattern-matched; a cheap byte check skips the parse for the bulk of
 answers, successes, which carry no `false` at all or a 2xx status without an error code.
 """

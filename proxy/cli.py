@@ -9,7 +9,8 @@ import sys
 import yaml
 
 from proxy import __version__
-from proxy.config import ConfigError, SeawallConfig, load_config, redacted
+from proxy.config import SeawallConfig
+from proxy.config_loader import ConfigError, load_config, redacted
 from proxy.runtime import run_event_loop, wait_for_stop_signal
 
 

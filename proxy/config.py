@@ -1,25 +1,19 @@
-"""The one typed, validated configuration model, read once at start.
+"""The one typed, validated configuration model: what every key means, its default and its bounds.
 
-A config file names a shipped profile (`config/profiles/<name>.yaml`: upstream URL, identity, routes and
-the exchange's documented limits); the file's own keys are merged over the profile's (mappings merge,
-lists replace), environment overrides win over both, and the result is validated into `SeawallConfig`.
-Unknown keys are errors; an error names the key path and, where it came from a file, the line.
+The schema only: reading YAML files, merging a file over its shipped profile, environment overrides and
+the error messages that name the key and line at fault live in `proxy/config_loader.py`. Unknown keys are
+errors; cross-field checks raise `CrossFieldError`, naming every key that could be at fault.
 """
 
 from __future__ import annotations
 
-import os
+import difflib
 import re
 import ssl
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from yarl import URL
-
-from proxy.shipped import default_config_path, profile_path, shipped_config_dir
 
 PROFILES = ("orderly", "woox")
 SCOPE_DIMENSIONS = ("key", "account", "symbol", "client", "global")
@@ -62,6 +56,8 @@ class HostPort(_Model):
 
 
 def _host_port(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):  # `listen: 8080` in YAML: say what's missing
+        value = str(value)
     return HostPort.parse(value) if isinstance(value, str) else value
 
 
@@ -70,8 +66,23 @@ Listen = Annotated[HostPort, BeforeValidator(_host_port)]
 
 class UpstreamConfig(_Model):
     url: str = Field(description="the exchange's base URL, scheme://host[:port], no path")
+    timeout: PositiveSeconds = Field(
+        default=10.0,
+        description="overall deadline of a bot request, from its arrival: queueing, pool wait, connect "
+        "and the exchange's answer together",
+    )
+    pool_timeout: PositiveSeconds = Field(
+        default=2.0, description="longest wait for a free upstream connection (Seawall's own congestion)"
+    )
     connect_timeout: PositiveSeconds = 3.0
-    timeout: PositiveSeconds = 10.0
+    answer_timeout: PositiveSeconds = Field(
+        default=10.0, description="longest wait for the exchange's answer once the request was written"
+    )
+    min_send_time: Seconds = Field(
+        default=0.3,
+        description="a request is never written to the exchange with less than this much of its deadline "
+        "left: it is answered locally instead, as not sent",
+    )
     max_connections: int = Field(default=100, ge=1)
     max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     ca_file: str | None = Field(
@@ -116,6 +127,17 @@ class ServerConfig(_Model):
         default=10.0, description="a client must send its headers and body within this time"
     )
     keepalive_timeout: PositiveSeconds = 75.0
+    write_timeout: PositiveSeconds = Field(
+        default=10.0, description="a client must read its answer within this time, or it is cut off"
+    )
+    write_buffer_bytes: int = Field(
+        default=256 * 1024,
+        ge=4096,
+        description="bytes of an answer buffered per connection before waiting for the client to read",
+    )
+    admin_max_connections: int = Field(
+        default=32, ge=1, description="open connections the admin listener accepts at once"
+    )
     shutdown_timeout: Seconds = 15.0
 
 
@@ -192,7 +214,7 @@ class RateLimitRule(_Model):
 
 class RateLimitConfig(_Model):
     enabled: bool = True
-    # Each admitted request holds its slot from send until one window after its answer (PITFALLS.md:
+    # Each admitted request holds its slot from send until one window after its answer (docs/design.md:
     # the exchange stamps it somewhere in between); the margin covers scheduler and network jitter.
     margin: Seconds = 0.01
     idle_scope_ttl: PositiveSeconds = 300.0
@@ -226,6 +248,15 @@ class DedupConfig(_Model):
     max_entries: int = Field(default=100_000, ge=1)
     lock_ttl: PositiveSeconds = Field(
         default=6.0, description="with state: redis, a claim whose replica died expires after this"
+    )
+    unknown_ttl: PositiveSeconds = Field(
+        default=20.0,
+        description="how long an identity whose answer was lost after sending is held as unknown",
+    )
+    lookup_hint: str = Field(
+        default="",
+        description="how a bot looks an order up by its client order id (the profile's endpoint); "
+        "quoted in the -1007 answer for an unknown outcome",
     )
     idempotency_header: str = "Idempotency-Key"
     rules: tuple[DedupRule, ...] = ()
@@ -272,185 +303,57 @@ class SeawallConfig(_Model):
     def model_post_init(self, __context: Any) -> None:
         known = self.route_names()
         referenced = [
-            *(("ratelimit.rules", name) for rule in self.ratelimit.rules for name in rule.routes),
-            *(("breakers.rules", name) for rule in self.breakers.rules for name in rule.routes),
-            *(("dedup.rules", name) for rule in self.dedup.rules for name in rule.routes),
+            ((section, "rules", index, "routes", position), name)
+            for section, routes_of_rules in (
+                ("ratelimit", [rule.routes for rule in self.ratelimit.rules]),
+                ("breakers", [rule.routes for rule in self.breakers.rules]),
+                ("dedup", [rule.routes for rule in self.dedup.rules]),
+            )
+            for index, routes in enumerate(routes_of_rules)
+            for position, name in enumerate(routes)
         ]
-        for where, name in referenced:
+        for loc, name in referenced:
             if name != "*" and name not in known:
-                raise ValueError(f"{where}: unknown route {name!r} (known: {', '.join(sorted(known))})")
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise CrossFieldError(
+                    (loc, f"unknown route {name!r} ({hint}known: {', '.join(sorted(known))})")
+                )
+        for index, rule in enumerate(self.ratelimit.rules):
+            # A priority for a route the rule does not cover would silently do nothing.
+            covered = known if "*" in rule.routes else set(rule.routes)
+            for route in rule.priority:
+                if route not in covered:
+                    raise CrossFieldError(
+                        (
+                            ("ratelimit", "rules", index, "priority", route),
+                            f"{route!r} is not one of this rule's routes ({', '.join(rule.routes)})",
+                        )
+                    )
+        timeout, min_send_time = self.upstream.timeout, self.upstream.min_send_time
+        if min_send_time >= timeout:
+            below = f"must be below upstream.timeout ({timeout:g}s), is {min_send_time:g}s"
+            above = f"must be above upstream.min_send_time ({min_send_time:g}s), is {timeout:g}s"
+            raise CrossFieldError((("upstream", "min_send_time"), below), (("upstream", "timeout"), above))
         # Rules are keyed by name (state, metrics): two with one name would silently merge.
-        for where, names in (
-            ("ratelimit.rules", [rule.name for rule in self.ratelimit.rules]),
-            ("breakers.rules", [rule.name for rule in self.breakers.rules]),
+        for section, names in (
+            ("ratelimit", [rule.name for rule in self.ratelimit.rules]),
+            ("breakers", [rule.name for rule in self.breakers.rules]),
         ):
-            repeated = sorted({name for name in names if names.count(name) > 1})
-            if repeated:
-                raise ValueError(f"{where}: rule names must be unique, repeated: {', '.join(repeated)}")
+            for index, name in enumerate(names):
+                if name in names[:index]:
+                    raise CrossFieldError(
+                        (
+                            (section, "rules", index, "name"),
+                            f"rule names must be unique: {name!r} is also rule {names.index(name)}",
+                        )
+                    )
 
 
-class ConfigError(Exception):
-    """A config problem, with the key path (and line) at fault, fit for a startup message."""
+class CrossFieldError(ValueError):
+    """A check across several keys. It carries, best first, (key path, message) for each key that could
+    be at fault, so the message can name the one the user actually set, with its line."""
 
-
-# ---------------------------------------------------------------------------------------------------
-# Loading
-
-
-class _LineLoader(yaml.SafeLoader):
-    """A YAML loader that remembers the line of every key, so errors can point at it."""
-
-
-def _load_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
-    try:
-        node = yaml.compose(text, Loader=_LineLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    if node is None:
-        return {}, {}
-    lines: dict[tuple[Any, ...], int] = {}
-
-    def walk(current: yaml.Node, path: tuple[Any, ...]) -> None:
-        lines[path] = current.start_mark.line + 1
-        if isinstance(current, yaml.MappingNode):
-            for key_node, value_node in current.value:
-                walk(value_node, (*path, key_node.value))
-                lines[(*path, key_node.value)] = key_node.start_mark.line + 1
-        elif isinstance(current, yaml.SequenceNode):
-            for index, item in enumerate(current.value):
-                walk(item, (*path, index))
-
-    walk(node, ())
-    data = yaml.load(text, Loader=_LineLoader)
-    return data, lines
-
-
-def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    data, lines = _load_with_lines(text, str(path))
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    return data, lines
-
-
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    if env.get("SEAWALL_PROFILE"):
-        overrides["profile"] = env["SEAWALL_PROFILE"]
-    if env.get("SEAWALL_UPSTREAM"):
-        overrides["upstream"] = {"url": env["SEAWALL_UPSTREAM"]}
-    if env.get("SEAWALL_LISTEN"):
-        overrides["listen"] = env["SEAWALL_LISTEN"]
-    if env.get("SEAWALL_ADMIN_LISTEN"):
-        overrides["admin_listen"] = env["SEAWALL_ADMIN_LISTEN"]
-    if env.get("SEAWALL_REDIS_URL"):
-        overrides["state"] = {"backend": "redis", "redis": {"url": env["SEAWALL_REDIS_URL"]}}
-    if env.get("SEAWALL_LOG_LEVEL"):
-        overrides["logging"] = {"level": env["SEAWALL_LOG_LEVEL"]}
-    return overrides
-
-
-def _describe(error: dict[str, Any], sources: list[tuple[str, dict[tuple[Any, ...], int]]]) -> str:
-    loc = tuple(part for part in error["loc"] if part not in ("function-after[_host_port(), HostPort]",))
-    key = ".".join(str(part) for part in loc) or "(top level)"
-    where = ""
-    for source, lines in sources:
-        for depth in range(len(loc), 0, -1):
-            if loc[:depth] in lines:
-                where = f" ({source}, line {lines[loc[:depth]]})"
-                break
-        if where:
-            break
-    message = error["msg"]
-    if error["type"] == "extra_forbidden":
-        message = "unknown key"
-    return f"{key}: {message}{where}"
-
-
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> SeawallConfig:
-    """Read the config file (or the shipped default) over its profile, apply env overrides, validate."""
-    env = os.environ if env is None else env
-    chosen = Path(path or env.get("SEAWALL_CONFIG") or default_config_path())
-    user, user_lines = _read_yaml(chosen)
-    return build_config(user, env, source=str(chosen), lines=user_lines)
-
-
-def build_config(
-    user: Mapping[str, Any],
-    env: Mapping[str, str] | None = None,
-    *,
-    source: str = "config",
-    lines: dict[tuple[Any, ...], int] | None = None,
-) -> SeawallConfig:
-    """Validate config data (a file's keys) merged over its profile, with env overrides on top."""
-    overrides = _env_overrides(env or {})
-    profile = overrides.get("profile", user.get("profile", "orderly"))
-    if profile not in PROFILES:
-        raise ConfigError(f"profile: must be one of {', '.join(PROFILES)}, got {profile!r}")
-    profile_file = profile_path(profile)
-    profile_data, profile_lines = _read_yaml(profile_file)
-    merged = _merge(_merge(profile_data, user), overrides)
-    merged["profile"] = profile
-    try:
-        return SeawallConfig.model_validate(merged)
-    except ValidationError as exc:
-        sources = [(source, lines or {}), (str(profile_file), profile_lines)]
-        problems = "; ".join(_describe(err, sources) for err in exc.errors())  # type: ignore[arg-type]
-        raise ConfigError(f"invalid config: {problems}") from None
-
-
-def redact_url(url: str) -> str:
-    """A URL safe to print: no password, whether in the authority or the query (`?password=`)."""
-    try:
-        parsed = URL(url)
-        if parsed.password is not None:
-            parsed = parsed.with_password("***")
-        if any(name.lower() == "password" for name in parsed.query):
-            parsed = parsed.update_query({name: "***" for name in parsed.query if name.lower() == "password"})
-        return str(parsed)
-    except (ValueError, TypeError):
-        return "<unparsable url>"
-
-
-def redacted(config: SeawallConfig) -> dict[str, Any]:
-    """The effective config as plain data with secrets (keys, Redis passwords) redacted."""
-    from proxy.identity import key_fingerprint
-
-    data = config.model_dump(mode="json")
-    identity = data["identity"]
-    identity["key_accounts"] = {key_fingerprint(k): v for k, v in identity["key_accounts"].items()}
-    identity["aliases"] = {key_fingerprint(k): v for k, v in identity["aliases"].items()}
-    data["state"]["redis"]["url"] = redact_url(data["state"]["redis"]["url"])
-    data["listen"] = str(config.listen)
-    data["admin_listen"] = str(config.admin_listen)
-    return data
-
-
-__all__ = [
-    "PROFILES",
-    "BreakerRule",
-    "ConfigError",
-    "DedupRule",
-    "RateLimitRule",
-    "SeawallConfig",
-    "build_config",
-    "load_config",
-    "redact_url",
-    "redacted",
-    "shipped_config_dir",
-]
+    def __init__(self, *candidates: tuple[tuple[Any, ...], str]) -> None:
+        super().__init__(candidates[0][1])
+        self.candidates = candidates

@@ -33,7 +33,6 @@ class RequestContext:
     forward_headers: CIMultiDict[str] | None = None  # set when a policy strips a header
     started: float = field(default_factory=time.monotonic)
     outcome: str = "forwarded"
-    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def path(self) -> str:

@@ -23,12 +23,23 @@ class SeawallError(Exception):
     policy: str = "internal-error"
     outcome: str = "rejected"  # the `outcome` label of seawall_requests_total
 
-    def __init__(self, detail: str = "", *, retry_after: float | None = None, code: int | None = None):
+    cause: str | None = None  # what went wrong, as a metric label (`seawall_upstream_errors_total`)
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        retry_after: float | None = None,
+        code: int | None = None,
+        cause: str | None = None,
+    ):
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after
         if code is not None:
             self.code = code
+        if cause is not None:
+            self.cause = cause
 
 
 class BadRequest(SeawallError):
@@ -48,6 +59,16 @@ class UpstreamUnavailable(SeawallError):
 
 class UpstreamUnreached(UpstreamUnavailable):
     """No connection to the exchange could be made: nothing was sent, so it cannot have acted on it."""
+
+
+class Congested(SeawallError):
+    """Seawall's own congestion: no upstream connection came free in time, or the request's deadline was
+    spent queueing so that too little was left to send it. Nothing was sent: transient, and never news
+    about the exchange (breakers do not count it). `cause`: `pool_timeout` or `deadline`."""
+
+    code = -1003
+    policy = "congested"
+    outcome = "throttled"
 
 
 class UpstreamInvalid(SeawallError):

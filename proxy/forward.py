@@ -4,12 +4,21 @@ Everything above this module works on the request context; this one turns it int
 exchange receives (the bot's request line target, headers and body as received, minus hop-by-hop
 fields, with Host for the upstream) and the exchange's answer back into an `Answer`. The connection
 pool and HTTP parsing live in proxy/upstream.py.
+
+The request's deadline is `upstream.timeout` counted from its arrival (`ctx.started`): what the
+rate-limit queue used is gone before the upstream client starts. Every failure is accounted for here:
+Seawall's own congestion in `seawall_congestion_total{cause}`, the exchange's failures in
+`seawall_upstream_errors_total{cause}`, a WARNING line (at most one per cause every LOG_INTERVAL seconds,
+with the count of those not logged) and the last one in /status. Logs carry the upstream's host:port, the
+cause and the system's error text, never request bytes.
 """
 
 from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Callable
+from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
@@ -17,8 +26,20 @@ from yarl import URL
 from proxy.answer import Answer
 from proxy.config import UpstreamConfig
 from proxy.context import RequestContext
-from proxy.errors import BadRequest, UpstreamInvalid, UpstreamUnreached
+from proxy.errors import (
+    BadRequest,
+    Congested,
+    SeawallError,
+    UpstreamInvalid,
+    UpstreamUnavailable,
+    UpstreamUnreached,
+)
+from proxy.logs import log
+from proxy.metrics import Metrics
 from proxy.upstream import UpstreamAnswer, UpstreamClient
+
+# At most one WARNING line per cause in this many seconds: an unreachable exchange fails every request.
+LOG_INTERVAL = 5.0
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus what the client recomputes (length, framing, Host) and
 # Expect (Seawall has the whole body already; forwarding it would make the client wait for a 100).
@@ -61,39 +82,112 @@ def hop_by_hop_names(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> froze
     return HOP_BY_HOP | {token.strip().lower() for value in named for token in value.split(",")}
 
 
+class UpstreamErrors:
+    """The exchange's failures by cause: a metric, a rate-limited WARNING line, counts and the last one."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        upstream: str,
+        interval: float = LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._metric = metrics.upstream_errors
+        self._upstream = upstream  # host:port, safe to log
+        self._interval = interval
+        self._clock = clock
+        self._counts: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._last: dict[str, Any] | None = None
+
+    def note(self, error: SeawallError) -> None:
+        cause = error.cause
+        if cause is None:  # not the exchange's doing (Seawall shutting down)
+            return
+        self._counts[cause] = self._counts.get(cause, 0) + 1
+        self._metric.labels(cause).inc()
+        message = describe(error)
+        self._last = {"cause": cause, "message": message, "at": round(time.time(), 3)}
+        now = self._clock()
+        logged_at = self._logged_at.get(cause)
+        if logged_at is not None and now - logged_at < self._interval:
+            self._suppressed[cause] = self._suppressed.get(cause, 0) + 1
+            return
+        self._logged_at[cause] = now
+        log.warning(
+            "upstream error: %s",
+            cause,
+            extra={
+                "fields": {
+                    "upstream": self._upstream,
+                    "cause": cause,
+                    "error": message,
+                    "suppressed": self._suppressed.pop(cause, 0),  # same cause, not logged since the last
+                }
+            },
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {"last": self._last, "counts": dict(self._counts)}
+
+
+def describe(error: SeawallError) -> str:
+    """The error's own words, plus the system's (e.g. the TLS verification failure) when it has them.
+    Neither ever contains request bytes."""
+    reason = error.__cause__
+    text = str(reason) if isinstance(reason, OSError) else ""
+    return f"{error.detail}: {text}" if text else error.detail
+
+
 class Forwarder:
     """Sends a request context to the configured upstream over pooled keep-alive connections."""
 
-    def __init__(self, upstream: UpstreamConfig) -> None:
+    def __init__(self, upstream: UpstreamConfig, metrics: Metrics) -> None:
         self._config = upstream
+        self._timeout = upstream.timeout
         self._url = URL(upstream.url)
         host = self._url.host
         assert host is not None and self._url.port is not None  # validated by the config model
         host = f"[{host}]" if ":" in host else host
         self._host_header = host if self._url.is_default_port() else f"{host}:{self._url.port}"
         self._client: UpstreamClient | None = None
+        self._errors = UpstreamErrors(metrics, f"{host}:{self._url.port}")
+        self._congestion_metric = metrics.congestion
+        self._congestion: dict[str, int] = {}
 
     @property
     def ready(self) -> bool:
         return self._client is not None and not self._client.closed
 
     async def start(self) -> None:
-        url = self._url
+        url, config = self._url, self._config
         assert url.host is not None and url.port is not None
         tls = None
         if url.scheme == "https":  # certificate and host name verified, against ca_file or the system's CAs
-            tls = ssl.create_default_context(cafile=self._config.ca_file)
+            tls = ssl.create_default_context(cafile=config.ca_file)
         self._client = UpstreamClient(
             url.host,
             url.port,
             tls=tls,
-            limit=self._config.max_connections,
-            connect_timeout=self._config.connect_timeout,
-            max_body=self._config.max_response_bytes,
+            limit=config.max_connections,
+            connect_timeout=config.connect_timeout,
+            max_body=config.max_response_bytes,
+            pool_timeout=config.pool_timeout,
+            answer_timeout=config.answer_timeout,
+            min_send_time=config.min_send_time,
         )
 
     def stats(self) -> dict[str, int]:
         return self._client.stats() if self._client is not None else {}
+
+    def error_status(self) -> dict[str, Any]:
+        """For /status: the exchange's failures (last one, counts by cause)."""
+        return self._errors.status()
+
+    def congestion_status(self) -> dict[str, int]:
+        """For /status: requests answered locally for Seawall's own congestion, by cause."""
+        return dict(self._congestion)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -101,6 +195,8 @@ class Forwarder:
             self._client = None
 
     async def send(self, ctx: RequestContext) -> Answer:
+        """Forward within what is left of the request's deadline. `Answer.latency` is the exchange's
+        time: from writing the request to the answer's last byte (no pool wait, no connect)."""
         client = self._client
         if client is None:
             raise UpstreamUnreached("proxy is shutting down")
@@ -111,11 +207,23 @@ class Forwarder:
         head = request_head(
             ctx.method, ctx.raw_path, self._host_header, headers, len(ctx.body) if framed else None
         )
-        started = time.monotonic()
-        upstream = await client.request(head, ctx.body, ctx.method == "HEAD", self._config.timeout)
-        latency = time.monotonic() - started
-        status, reason, answer_headers = decode_answer_head(upstream)
-        return Answer(status, answer_headers, upstream.body, reason, latency=latency)
+        head_request = ctx.method == "HEAD"
+        left = self._timeout - (time.monotonic() - ctx.started)
+        try:
+            upstream = await client.request(head, ctx.body, head_request, left)
+            status, reason, answer_headers = decode_answer_head(upstream, head_request)
+        except Congested as error:
+            self._count_congestion(error)
+            raise
+        except (UpstreamUnavailable, UpstreamInvalid) as error:
+            self._errors.note(error)
+            raise
+        return Answer(status, answer_headers, upstream.body, reason, latency=upstream.latency)
+
+    def _count_congestion(self, error: Congested) -> None:
+        cause = error.cause or "pool_timeout"
+        self._congestion[cause] = self._congestion.get(cause, 0) + 1
+        self._congestion_metric.labels(cause).inc()
 
 
 def request_head(
@@ -167,13 +275,26 @@ def _shared_reason(raw: bytes) -> str:
     return reason
 
 
-def decode_answer_head(answer: UpstreamAnswer) -> tuple[int, str, CIMultiDict[str]]:
-    """Status, reason and end-to-end headers of an upstream answer, as text for the listener."""
+def decode_answer_head(
+    answer: UpstreamAnswer, head_request: bool = False
+) -> tuple[int, str, CIMultiDict[str]]:
+    """Status, reason and end-to-end headers of an upstream answer, as text for the listener.
+
+    The listener frames the body it sends, so the answer's own framing fields are dropped, except a HEAD
+    answer's Content-Length: it has no body to frame, and the length is what the bot asked for (aiohttp's
+    server sends a HEAD answer's Content-Length as given)."""
     try:
         reason = _shared_reason(answer.reason)
         pairs = [(_shared_name(name), value.decode("utf-8")) for name, value in answer.headers]
     except UnicodeDecodeError:
-        raise UpstreamInvalid("the exchange sent a header that is not UTF-8") from None
+        raise UpstreamInvalid("the exchange sent a header that is not UTF-8", cause="invalid") from None
     headers = CIMultiDict(pairs)
-    _drop_hop_by_hop(headers)
+    drop = hop_by_hop_names(headers)
+    if head_request:
+        drop = drop - _HEAD_KEEPS
+    for name in drop:
+        headers.popall(name, None)
     return answer.status, reason, headers
+
+
+_HEAD_KEEPS = frozenset({"content-length"})

@@ -1,4 +1,4 @@
-"""The metric families Seawall exports (PRODUCT.md §3), on a registry of their own per instance.
+"""The metric families Seawall exports (README, "Metrics"), on a registry of their own per instance.
 
 Every family is registered at start, so `/metrics` names all of them before the first request (the
 dashboard and alert rules are checked against it). Label values are route names, codes, rule and breaker
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-# `_created` series double the series count for nothing a dashboard uses (PITFALLS.md).
+# `_created` series double the series count for nothing a dashboard uses (docs/design.md).
 disable_created_metrics()
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -95,6 +95,26 @@ class Metrics:
         self.state_backend_up = Gauge(
             "seawall_state_backend_up",
             "1 when the shared-state backend answers, 0 when Seawall runs on local state.",
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "seawall_upstream_errors",
+            "Failures to reach or read the exchange, by cause (dns, refused, tls, connect_timeout, "
+            "timeout, reset, closed, invalid).",
+            ["cause"],
+            registry=r,
+        )
+        self.congestion = Counter(
+            "seawall_congestion",
+            "Requests answered locally because of Seawall's own congestion, not sent: no upstream "
+            "connection came free in time (pool_timeout), or too little of the deadline was left (deadline).",
+            ["cause"],
+            registry=r,
+        )
+        self.listener_refused = Counter(
+            "seawall_listener_refused_connections",
+            "Connections a listener closed at once: over its connection cap, or out of file descriptors.",
+            ["listener", "reason"],
             registry=r,
         )
         self.in_flight = Gauge(

@@ -13,7 +13,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.app import Seawall
-from proxy.config import SeawallConfig, build_config
+from proxy.config import SeawallConfig
+from proxy.config_loader import build_config
 
 
 @dataclass

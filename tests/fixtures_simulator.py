@@ -132,7 +132,7 @@ async def sim_factory() -> AsyncIterator[SimFactory]:
 @pytest.fixture
 async def sim_http() -> AsyncIterator[aiohttp.ClientSession]:
     """A client session that never silently resends a request after a dropped connection (aiohttp
-    does that for GET/DELETE since 3.9 — PITFALLS.md), so injected resets are seen as they happen."""
+    does that for GET/DELETE since 3.9 — docs/design.md), so injected resets are seen as they happen."""
     async with aiohttp.ClientSession() as client:
         client._retry_connection = False
         yield client

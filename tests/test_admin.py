@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import aiohttp
-from fixtures_proxy import RecordingUpstream, StartSeawall
+from fixtures_proxy import RecordingUpstream, StartSeawall, wait_until_async
 from prometheus_client.parser import text_string_to_metric_families
+from rawhttp import open_raw, split_answer
 
 SPEC_FAMILIES = {
     "seawall_requests",
@@ -73,3 +77,74 @@ async def test_readyz_fails_once_the_upstream_session_is_closed(
             assert (await r.json())["checks"]["upstream_session"] == "failing"
         async with session.get(seawall.proxy_url + "/v1/orders") as r:
             assert (await r.json())["code"] == -1011
+
+
+async def _closed_by_seawall(reader: asyncio.StreamReader, timeout: float) -> bool:
+    """True when Seawall closes the connection (EOF or reset) within `timeout` seconds."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_idle_and_slow_admin_connections_are_cut_at_the_deadlines(
+    upstream: RecordingUpstream, start_seawall: StartSeawall
+) -> None:
+    seawall = await start_seawall(
+        "orderly", upstream.url, server={"read_timeout": 0.3, "keepalive_timeout": 0.3}
+    )
+    idle = [await open_raw(seawall.admin_url) for _ in range(20)]  # connect, send nothing
+    kept = await open_raw(seawall.admin_url)  # one request, then idle on keep-alive
+    kept[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(kept[0].readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    await kept[0].readexactly(int(split_answer(head)[1]["content-length"]))
+    slow_reader, slow_writer = await open_raw(seawall.admin_url)  # a byte every 100 ms, forever
+    started = time.monotonic()
+
+    async def trickle() -> None:
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+            slow_writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)  # the sender's pace, the behaviour under test
+
+    trickling = asyncio.ensure_future(trickle())
+    try:
+        for reader, _ in [*idle, kept, (slow_reader, slow_writer)]:
+            assert await _closed_by_seawall(reader, 2.0)
+        assert time.monotonic() - started < 1.5
+    finally:
+        trickling.cancel()
+        for _, writer in [*idle, kept, (slow_reader, slow_writer)]:
+            writer.close()
+
+
+async def test_admin_connections_over_the_cap_are_refused_while_bots_are_served(
+    upstream: RecordingUpstream, start_seawall: StartSeawall
+) -> None:
+    seawall = await start_seawall("orderly", upstream.url, server={"admin_max_connections": 4})
+    held = [await open_raw(seawall.admin_url) for _ in range(4)]
+    try:
+        over = await open_raw(seawall.admin_url)
+        held.append(over)
+        assert await _closed_by_seawall(over[0], 1.0)
+        refused = seawall.metrics.listener_refused.labels("admin", "cap")
+        assert refused._value.get() == 1
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.get(seawall.proxy_url + "/v1/positions") as r:
+                    assert r.status == 200
+    finally:
+        for _, writer in held:
+            writer.close()
+
+    # Once the idle ones are gone, the admin port serves again.
+    async def healthy() -> bool:
+        try:
+            async with aiohttp.ClientSession() as session, session.get(seawall.admin_url + "/healthz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await wait_until_async(healthy)

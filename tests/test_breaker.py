@@ -1,6 +1,5 @@
-"""Circuit breakers (PRODUCT.md §4): a -1011/-1012 storm opens the breaker, an open breaker answers
-locally without touching the exchange, one probe after the reset timeout decides, and the bot's own
-errors never trip it.
+"""Circuit breakers: a -1011/-1012 storm opens the breaker, an open breaker answers locally without
+touching the exchange, one probe after the reset timeout decides, and the bot's own errors never trip it.
 
 Unit tests drive the policy with an injectable clock and a scripted next step; the integration tests run
 a real Seawall in front of the built-in simulator (its fault injection) or a recording upstream.
@@ -31,6 +30,7 @@ from proxy.metrics import Metrics
 from proxy.policies.breaker import MAX_ACCOUNT_LABELS, MAX_SCOPES_PER_RULE, CircuitBreakerPolicy
 from proxy.routing import Route
 from proxy.simulator.server import Simulator
+from proxy.state.breaker import MemoryBreakerStore
 
 # -- unit tests: the policy alone, with a clock the test moves ------------------------------------------
 
@@ -48,7 +48,7 @@ def make_policy(clock: FakeClock, metrics: Metrics | None = None, **rule: Any) -
     settings.update(rule)
     config = BreakerConfig(rules=(BreakerRule(**settings),))
     return CircuitBreakerPolicy(
-        config, metrics or Metrics(), aliases={"acct-alias-me": "desk-a"}, clock=clock
+        config, metrics or Metrics(), MemoryBreakerStore(), aliases={"acct-alias-me": "desk-a"}, clock=clock
     )
 
 

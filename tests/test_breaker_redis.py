@@ -1,4 +1,4 @@
-"""Circuit breakers shared through Redis (PRODUCT.md §4 "Shared state"): an opening on one replica makes
+"""Circuit breakers shared through Redis (`state: redis`): an opening on one replica makes
 every replica answer locally, one probe goes out across all of them, and losing Redis leaves each
 replica's breakers working on local state until sharing resumes.
 

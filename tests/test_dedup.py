@@ -1,6 +1,7 @@
-"""Deduplication (PRODUCT.md §4): one exchange order per explicit identity, no -1007 from the exchange,
-nothing lost — against the built-in simulator where the exchange's behaviour matters, and against a
-recording upstream where what reaches the exchange must be seen byte for byte."""
+"""Deduplication: one exchange order per explicit identity, no -1007 from the exchange, nothing lost — and
+a refused placement can be corrected, an unknown outcome is held only briefly. Against the built-in
+simulator where the exchange's behaviour matters, and against a recording upstream where what reaches
+the exchange must be seen byte for byte. Every scenario with a `backend` runs on memory and on Redis."""
 
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.answer import Answer
 from proxy.context import RequestContext
+from proxy.errors import Congested
 from proxy.metrics import Metrics
 from proxy.policies.dedup import DedupPolicy
 from proxy.routing import RouteTable
 from proxy.simulator.server import Simulator
+from proxy.state.backends import dedup_state
 from proxy.state.dedup import MemoryDedupState, Settlement, StoredAnswer
 
 ORDERLY_BOT = {
@@ -148,7 +151,7 @@ async def test_retry_after_a_lost_answer_never_places_a_second_order(
     retry = await bot.orderly("POST", "/v1/order", order)
     # Held: the exchange itself would accept the id again, now that the order has filled.
     assert (retry.status, retry.headers["X-Seawall"], retry.code) == (409, "dedup-conflict", -1007)
-    assert "look it up" in retry.json["message"]
+    assert "look the order up with GET /v1/client/order/{client_order_id}" in retry.json["message"]
     # What the message asks for works through Seawall: the lookup finds the one original order.
     lookup = await bot.orderly("GET", "/v1/client/order/lost-1")
     assert (lookup.status, lookup.json["data"]["client_order_id"]) == (200, "lost-1")
@@ -184,6 +187,63 @@ async def test_woox_v1_form_and_v3_json_placements_are_deduplicated_and_zero_is_
     assert _orders_for(woox_sim, "21") == 1
     assert _orders_for(woox_sim, "31") == 1
     assert len(woox_sim.orders()) == 4  # 21 once, 31 once, and both orders without an id
+
+
+LIMIT_BUY = {"symbol": "PERP_ETH_USDC", "order_type": "LIMIT", "order_quantity": 0.01, "side": "BUY"}
+
+
+async def test_a_refused_placement_is_replayed_to_its_twin_and_the_corrected_one_is_placed(
+    orderly_sim: Simulator, sim_http: aiohttp.ClientSession, start_seawall: StartSeawall, backend: Backend
+) -> None:
+    seawall = await start_seawall("orderly", orderly_sim.base_url, **backend)
+    bot = _through(sim_http, orderly_sim, seawall)
+    # Mid 3000: a buy at 5000 is too far from it. The exchange refuses and creates nothing.
+    wrong = {**LIMIT_BUY, "order_price": 5000, "client_order_id": "fix-1"}
+    refused = await bot.orderly("POST", "/v1/order", wrong)
+    assert (refused.code, "X-Seawall" in refused.headers) == (-1105, False)
+    again = await bot.orderly("POST", "/v1/order", wrong)
+    assert (again.status, again.body, again.headers["X-Seawall"]) == (
+        refused.status,
+        refused.body,
+        "dedup-replay",
+    )
+    # The bot fixes the price and keeps its client order id: the exchange gets it and accepts it.
+    fixed = {**wrong, "order_price": 2950}
+    placed = await bot.orderly("POST", "/v1/order", fixed)
+    assert (placed.status, placed.code, "X-Seawall" in placed.headers) == (200, None, False)
+    retry = await bot.orderly("POST", "/v1/order", fixed)
+    assert (retry.body, retry.headers["X-Seawall"]) == (placed.body, "dedup-replay")
+    assert orderly_sim.snapshot()["requests_by_path"]["/v1/order"] == 2  # the refused one and the fix
+    assert _orders_for(orderly_sim, "fix-1") == 1
+    assert _dedup_count(seawall, "order.place", "replayed") == 2
+
+
+async def test_an_unknown_outcome_is_held_for_unknown_ttl_with_how_to_resolve_it(
+    orderly_sim: Simulator, sim_http: aiohttp.ClientSession, start_seawall: StartSeawall, backend: Backend
+) -> None:
+    # A resting order is placed, and its answer is lost on the way back.
+    orderly_sim.add_fault({"kind": "lose_answer", "lose_mode": "reset", "paths": ["/v1/order"], "count": 1})
+    seawall = await start_seawall("orderly", orderly_sim.base_url, dedup={"unknown_ttl": "1500ms"}, **backend)
+    bot = _through(sim_http, orderly_sim, seawall)
+    order = {**LIMIT_BUY, "order_price": 2950, "client_order_id": "short-1"}
+    assert (await bot.orderly("POST", "/v1/order", order)).status >= 400
+    for attempt in (order, {**order, "order_price": 2940}):  # a changed order too: resolve the first
+        held = await bot.orderly("POST", "/v1/order", attempt)
+        assert (held.status, held.headers["X-Seawall"], held.code) == (409, "dedup-conflict", -1007)
+        seconds = held.headers["Retry-After"]  # the rest of the unknown window, not the 120 s TTL
+        assert seconds in ("1", "2")
+        message = held.json["message"]
+        assert (
+            "look the order up with GET /v1/client/order/{client_order_id} before sending it again" in message
+        )
+        assert f"this identity is held for {seconds} more second" in message
+    assert orderly_sim.snapshot()["requests_by_path"]["/v1/order"] == 1
+    # After the window the retry reaches the exchange, which knows the order is open.
+    await wait_until(lambda: seawall.status()["dedup"]["unknown"] == 0, timeout=5)
+    retry = await bot.orderly("POST", "/v1/order", order)
+    assert (retry.status, retry.code, "X-Seawall" in retry.headers) == (409, -1007, False)
+    assert orderly_sim.snapshot()["requests_by_path"]["/v1/order"] == 2
+    assert _orders_for(orderly_sim, "short-1") == 1
 
 
 # --- against a recording upstream ------------------------------------------------------------------
@@ -342,6 +402,89 @@ async def test_a_refused_answer_that_is_the_bots_fault_is_replayed(
             status, _, body = await _place(session, seawall, _order())
             assert (status, json.loads(body)["code"]) == (400, -1102)
     assert len(upstream.seen) == 1
+
+
+def _limit(cid: str, price: float) -> bytes:
+    return json.dumps({**LIMIT_BUY, "order_price": price, "client_order_id": cid}).encode()
+
+
+def _conflict(answer: tuple[int, CIMultiDictProxy[str], bytes]) -> bool:
+    status, headers, body = answer
+    return (status, headers.get("X-Seawall"), json.loads(body)["code"]) == (409, "dedup-conflict", -1007)
+
+
+async def test_a_refusal_gives_way_to_a_corrected_request_but_a_placed_or_duplicate_order_does_not(
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
+) -> None:
+    async def exchange(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+        order = json.loads(body)
+        if order["order_price"] == 5000:
+            return web.json_response({"success": False, "code": -1105, "message": "price"}, status=400)
+        if order["client_order_id"] == "open-elsewhere":  # the exchange already has an open order
+            return web.json_response({"success": False, "code": -1007, "message": "duplicate"}, status=409)
+        return web.json_response({"success": True, "data": {"order_id": len(upstream.seen)}})
+
+    upstream.responder = exchange
+    seawall = await start_seawall("orderly", upstream.url, **backend)
+    async with aiohttp.ClientSession() as session:
+        refused = await _place(session, seawall, _limit("fix-2", 5000))
+        assert json.loads(refused[2])["code"] == -1105
+        placed = await _place(session, seawall, _limit("fix-2", 2950))  # corrected: a new attempt
+        assert (placed[0], "X-Seawall" in placed[1]) == (200, False)
+        # Placed: the identity is settled, another change is a conflict (as is the refused payload).
+        assert _conflict(await _place(session, seawall, _limit("fix-2", 2940)))
+        assert _conflict(await _place(session, seawall, _limit("fix-2", 5000)))
+        # The exchange's own -1007 says an order exists: settled like a success, not a refusal.
+        duplicate = await _place(session, seawall, _limit("open-elsewhere", 2950))
+        assert (duplicate[0], json.loads(duplicate[2])["code"], "X-Seawall" in duplicate[1]) == (
+            409,
+            -1007,
+            False,
+        )
+        assert _conflict(await _place(session, seawall, _limit("open-elsewhere", 2940)))
+    assert [json.loads(seen.body)["order_price"] for seen in upstream.seen] == [5000, 2950, 2950]
+    assert seawall.status()["dedup"]["stored"] == 2 and seawall.status()["dedup"]["refused"] == 0
+
+
+async def test_a_corrected_request_in_flight_holds_the_identity_for_its_own_twins(
+    upstream: RecordingUpstream, start_seawall: StartSeawall, backend: Backend
+) -> None:
+    release = asyncio.Event()
+
+    async def exchange(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+        if json.loads(body)["order_price"] == 5000:
+            return web.json_response({"success": False, "code": -1105, "message": "price"}, status=400)
+        await release.wait()
+        return web.json_response({"success": True, "data": {"order_id": 77}})
+
+    upstream.responder = exchange
+    seawall = await start_seawall("orderly", upstream.url, **backend)
+    url = seawall.proxy_url + "/v1/order"
+    async with aiohttp.ClientSession() as session:
+        await _place(session, seawall, _limit("fix-3", 5000))
+        assert seawall.status()["dedup"]["refused"] == 1
+        corrected = [
+            asyncio.create_task(_send(session, "POST", url, _limit("fix-3", 2950), _signed(ORDERLY_BOT)))
+            for _ in range(3)
+        ]
+        await wait_until(lambda: len(upstream.seen) == 2 and seawall.status()["dedup"]["in_flight"] == 1)
+        await wait_until(lambda: seawall.metrics.registry.get_sample_value("seawall_in_flight_requests") == 3)
+        # While the correction is in flight, the refused payload and any other change are conflicts.
+        assert _conflict(await _place(session, seawall, _limit("fix-3", 5000)))
+        assert _conflict(await _place(session, seawall, _limit("fix-3", 2940)))
+        release.set()
+        answers = await asyncio.gather(*corrected)
+    assert {(status, json.loads(body)["data"]["order_id"]) for status, _, body in answers} == {(200, 77)}
+    assert sorted(headers.get("X-Seawall", "") for _, headers, _ in answers) == [
+        "",
+        "dedup-replay",
+        "dedup-replay",
+    ]
+    assert len(upstream.seen) == 2
+    assert (
+        _dedup_count(seawall, "order.place", "coalesced") + _dedup_count(seawall, "order.place", "replayed")
+        == 2
+    )
 
 
 async def test_twins_of_a_transient_failure_get_that_failure_and_a_later_retry_goes_through(
@@ -549,7 +692,7 @@ def _context(routes: RouteTable, body: bytes) -> RequestContext:
 
 async def test_a_cancelled_first_request_still_completes_and_is_stored_for_its_twins() -> None:
     config = seawall_config("orderly", "http://127.0.0.1:1")
-    policy = DedupPolicy(config.dedup, Metrics())
+    policy = DedupPolicy(config.dedup, Metrics(), dedup_state(config, None))
     routes = RouteTable(config.routes, config.identity)
     release = asyncio.Event()
     sent: list[bytes] = []
@@ -570,6 +713,34 @@ async def test_a_cancelled_first_request_still_completes_and_is_stored_for_its_t
     later = await policy.handle(_context(routes, _order()), exchange)
     assert later.headers["X-Seawall"] == "dedup-replay"
     assert len(sent) == 1
+    await policy.close()
+
+
+async def test_seawall_congestion_is_transient_its_twins_share_it_and_the_retry_is_sent() -> None:
+    # Seawall's own congestion (no upstream connection came free): nothing was sent, so nothing is held.
+    config = seawall_config("orderly", "http://127.0.0.1:1")
+    policy = DedupPolicy(config.dedup, Metrics(), dedup_state(config, None))
+    routes = RouteTable(config.routes, config.identity)
+    release = asyncio.Event()
+    sent: list[bytes] = []
+
+    async def pipeline(ctx: RequestContext) -> Answer:
+        sent.append(ctx.body)
+        if len(sent) == 1:
+            await release.wait()
+            raise Congested("no upstream connection came free in time", retry_after=1, cause="pool_timeout")
+        return Answer(200, CIMultiDict(), b'{"success":true}')
+
+    first = asyncio.create_task(policy.handle(_context(routes, _order()), pipeline))
+    twin = asyncio.create_task(policy.handle(_context(routes, _order()), pipeline))
+    await wait_until(lambda: len(sent) == 1)  # by now the twin waits too: it started in the same turn
+    release.set()
+    for task in (first, twin):
+        with pytest.raises(Congested):
+            await task
+    assert policy.status()["entries"] == 0
+    retry = await policy.handle(_context(routes, _order()), pipeline)
+    assert (retry.status, retry.source, len(sent)) == (200, "upstream", 2)
     await policy.close()
 
 
@@ -594,7 +765,7 @@ async def test_memory_state_keeps_an_answer_exactly_for_its_ttl() -> None:
     assert entry is not None and entry.state == "stored" and entry.answer == _OK.answer
     clock.now += 0.5
     assert await state.claim("id", "fp") is None  # expired: this request owns the identity again
-    assert state.counts() == {"entries": 1, "in_flight": 1, "stored": 0, "unknown": 0}
+    assert state.counts() == {"entries": 1, "in_flight": 1, "stored": 0, "refused": 0, "unknown": 0}
 
 
 async def test_memory_state_evicts_the_oldest_but_never_an_entry_in_flight() -> None:
@@ -612,10 +783,31 @@ async def test_memory_state_evicts_the_oldest_but_never_an_entry_in_flight() -> 
 async def test_memory_state_waiter_cancelled_does_not_cancel_the_others() -> None:
     state = MemoryDedupState(max_entries=10)
     assert await state.claim("id", "fp") is None
-    waiters = [asyncio.create_task(state.wait("id")) for _ in range(3)]
+    waiters = [asyncio.create_task(state.wait("id", "fp")) for _ in range(3)]
     await asyncio.sleep(0)  # one loop turn (not a timed wait): the tasks start and block in wait()
     waiters[0].cancel()
     await state.settle("id", _OK, None, ttl=60)  # a transient failure: handed to waiters, not kept
     assert await waiters[1] == _OK and await waiters[2] == _OK
     assert waiters[0].cancelled()
     assert state.size() == 0
+
+
+_REFUSED = Settlement(
+    answer=StoredAnswer(400, (), b'{"success":false,"code":-1105}', "Bad Request", -1105, None)
+)
+
+
+async def test_memory_state_a_refusal_is_taken_over_by_another_payload_only() -> None:
+    state = MemoryDedupState(max_entries=10, clock=FakeClock())
+    assert await state.claim("id", "wrong") is None
+    await state.settle("id", _REFUSED, "refused", ttl=60)
+    entry = await state.claim("id", "wrong")  # the identical twin: its refusal
+    assert entry is not None and (entry.state, entry.answer) == ("refused", _REFUSED.answer)
+    assert await state.claim("id", "fixed") is None  # another payload: a new attempt owns the identity
+    assert await state.wait("id", "wrong") is None  # a twin of the refused payload is not its twin
+    again = await state.claim("id", "other")
+    assert again is not None and (again.state, again.fingerprint) == ("in_flight", "fixed")
+    await state.settle("id", _OK, "stored", ttl=60)
+    settled = await state.claim("id", "other")  # a success is never taken over
+    assert settled is not None and (settled.state, settled.fingerprint) == ("stored", "fixed")
+    assert state.counts() == {"entries": 1, "in_flight": 0, "stored": 1, "refused": 0, "unknown": 0}

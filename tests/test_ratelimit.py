@@ -1,4 +1,4 @@
-"""Rate limiting (PRODUCT.md §4): never a -1003 from the exchange, the budget still used, bursts at once.
+"""Rate limiting: never a -1003 from the exchange, the budget still used, bursts at once.
 
 The guarantees are shown against the built-in simulator (strict sliding windows) with short windows and
 small limits, through a running Seawall; the slot accounting itself is tested on a manual clock. Every
@@ -22,7 +22,8 @@ from fixtures_proxy import RecordingUpstream, StartSeawall, held_until, wait_unt
 from fixtures_simulator import SignedClient, SimFactory
 
 from proxy.app import Seawall
-from proxy.config import RedisConfig, build_config
+from proxy.config import RedisConfig
+from proxy.config_loader import build_config
 from proxy.identity import key_fingerprint
 from proxy.metrics import Metrics
 from proxy.simulator import routes_orderly, routes_woox
@@ -95,7 +96,7 @@ async def rate_state(backend: str | None) -> AsyncIterator[RateLimitState]:
         return
     link = RedisLink(RedisConfig(url=backend), Metrics())
     await link.start()
-    state = RedisRateLimitState(link, Metrics(), in_flight_expiry=10.0, server_clock=False)
+    state = RedisRateLimitState(link, in_flight_expiry=10.0, server_clock=False)
     yield state
     await state.close()
     await link.close()
@@ -167,7 +168,7 @@ async def test_idle_scopes_are_forgotten_but_busy_ones_kept(rate_state: RateLimi
 
 
 async def test_aiolimiter_admits_nearly_2n_in_one_sliding_window() -> None:
-    """The stack's default limiter, measured against the requirement (PITFALLS.md: 2N-1 per window).
+    """The stack's default limiter, measured against the requirement (2N-1 per window).
     An exchange enforcing N per sliding window would answer -1003 to the excess: hence our own limiter."""
     limit, window = 10, 0.2
     limiter = AsyncLimiter(limit, window)
@@ -500,7 +501,7 @@ async def test_idle_scopes_are_dropped_and_status_never_shows_a_key(
 
 # --- the shipped profiles ----------------------------------------------------------------------------
 
-# Seawall rule -> the simulator's rule for the same documented limit (EXCHANGES.md §3.2-3.5).
+# Seawall rule -> the simulator's rule for the same documented limit (docs/exchanges.md).
 SHIPPED = {
     "orderly": (
         routes_orderly.RULES,

@@ -1,4 +1,4 @@
-"""Rate limits shared through Redis (PRODUCT.md §4 "Shared state"): what only a shared state does.
+"""Rate limits shared through Redis (`state: redis`): what only a shared state does.
 
 Several Seawall replicas share one real redis-server and sit in front of ONE simulator (strict sliding
 windows): together they keep one budget; when Redis goes away each keeps serving on its share of the
@@ -232,7 +232,7 @@ async def test_fail_closed_answers_1003_locally_until_redis_returns(
 async def shared_state(server: RedisServer, **config: Any) -> tuple[RedisLink, RedisRateLimitState]:
     link = RedisLink(RedisConfig(url=server.url, retry_interval=0.05, **config), Metrics())
     await link.start()
-    return link, RedisRateLimitState(link, Metrics(), in_flight_expiry=0.3)
+    return link, RedisRateLimitState(link, in_flight_expiry=0.3)
 
 
 async def test_a_slot_in_flight_on_a_replica_that_died_frees_after_its_expiry(

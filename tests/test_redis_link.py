@@ -79,7 +79,7 @@ async def test_a_script_redis_forgot_is_loaded_again_and_decisions_stay_shared(
     links = [RedisLink(RedisConfig(url=redis_server.url, retry_interval=0.05), Metrics()) for _ in range(2)]
     for link in links:
         await link.start()
-    first, second = (RedisRateLimitState(link, Metrics(), in_flight_expiry=5.0) for link in links)
+    first, second = (RedisRateLimitState(link, in_flight_expiry=5.0) for link in links)
     try:
         assert (await first.acquire(one, (0,), time.monotonic())).admitted
         await _flush_scripts_and(redis_server, "SCRIPT", "FLUSH")  # as after a restart with persistence
@@ -100,7 +100,7 @@ async def test_a_redis_error_reply_is_decided_by_the_fail_mode_without_flapping_
     changes: list[bool] = []
     link.on_change(changes.append)
     await link.start()
-    state = RedisRateLimitState(link, Metrics(), in_flight_expiry=5.0)
+    state = RedisRateLimitState(link, in_flight_expiry=5.0)
     one = (Claim("r", "k", "alias", 5, 0.05, 1),)
     admin = redis.Redis(unix_socket_path=str(redis_server.socket))
     try:

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.config import build_config
+from proxy.config_loader import build_config
 from proxy.identity import key_fingerprint
 from proxy.routing import RouteTable, _query_value
 

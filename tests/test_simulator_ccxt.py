@@ -1,4 +1,4 @@
-"""Real clients work against the simulator with only the base URL changed (PRODUCT.md §5).
+"""Real clients work against the simulator with only the base URL changed (docs/exchanges.md).
 
 ccxt `woofipro` against the orderly profile and ccxt `woo` against the woox profile, both through
 ccxt's async (aiohttp) transport, not in sandbox mode — so ccxt's `order_tag` / `broker_id` injection is

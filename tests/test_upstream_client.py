@@ -1,6 +1,7 @@
 """The upstream HTTP/1.1 client against scripted loopback servers that send exactly the bytes a test
 chooses: framing (length, chunked, read-to-close), interim answers, HEAD, garbage, truncation, timeouts,
-the connection cap, and what goes out on the wire."""
+the connection cap and its FIFO queue, the separate budgets inside one deadline, Keep-Alive, and what goes
+out on the wire."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from fixtures_proxy import StartSeawall, wait_until
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.errors import BadRequest, UpstreamInvalid, UpstreamUnavailable, UpstreamUnreached
-from proxy.forward import request_head
+from proxy.errors import BadRequest, Congested, UpstreamInvalid, UpstreamUnavailable, UpstreamUnreached
+from proxy.forward import decode_answer_head, request_head
 from proxy.upstream import UpstreamAnswer, UpstreamClient
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{"success":true}'
@@ -115,12 +116,20 @@ def held_until(gate: asyncio.Event) -> Script:
     return script
 
 
-def get(client: UpstreamClient, timeout: float = 5.0) -> Awaitable[UpstreamAnswer]:
-    return client.request(GET, b"", head_request=False, timeout=timeout)
+def get(
+    client: UpstreamClient, timeout: float = 5.0, path: str = "/v1/positions"
+) -> Awaitable[UpstreamAnswer]:
+    head = GET if path == "/v1/positions" else f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    return client.request(head, b"", head_request=False, timeout=timeout)
 
 
-def start_get(client: UpstreamClient) -> asyncio.Future[UpstreamAnswer]:
-    return asyncio.ensure_future(get(client))
+def start_get(client: UpstreamClient, path: str = "/v1/positions") -> asyncio.Future[UpstreamAnswer]:
+    return asyncio.ensure_future(get(client, path=path))
+
+
+def served_paths(server: ScriptedServer) -> list[str]:
+    """The request targets in the order the server received them."""
+    return [request.split(b" ", 2)[1].decode() for request in server.requests]
 
 
 async def busy_with_one(server: ScriptedServer, client: UpstreamClient) -> asyncio.Future[UpstreamAnswer]:
@@ -156,9 +165,11 @@ async def serve(event_loop_policy: asyncio.AbstractEventLoopPolicy) -> AsyncIter
 async def clients() -> AsyncIterator[Clients]:
     made: list[UpstreamClient] = []
 
-    def make(server: ScriptedServer, limit: int = 10, max_body: int = 1 << 20) -> UpstreamClient:
+    def make(
+        server: ScriptedServer, limit: int = 10, max_body: int = 1 << 20, **budgets: float
+    ) -> UpstreamClient:
         client = UpstreamClient(
-            "127.0.0.1", server.port, tls=None, limit=limit, connect_timeout=2.0, max_body=max_body
+            "127.0.0.1", server.port, tls=None, limit=limit, connect_timeout=2.0, max_body=max_body, **budgets
         )
         made.append(client)
         return client
@@ -176,7 +187,7 @@ async def test_length_framed_answers_reuse_one_connection(serve: Serve, clients:
         assert (answer.status, answer.reason, answer.body) == (200, b"OK", b'{"success":true}')
         assert (b"Content-Type", b"application/json") in answer.headers
     assert server.connections == 1
-    assert client.stats() == {"open": 1, "idle": 1, "limit": 10}
+    assert client.stats() == {"open": 1, "idle": 1, "waiting": 0, "limit": 10}
 
 
 async def test_chunked_answer_arrives_whole_and_in_pieces(serve: Serve, clients: Clients) -> None:
@@ -202,8 +213,9 @@ async def test_answer_without_length_ends_at_connection_close(serve: Serve, clie
 async def test_truncated_answer_is_an_error_not_a_short_body(serve: Serve, clients: Clients) -> None:
     server = await serve(answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", keep=False))
     client = clients(server)
-    with pytest.raises(UpstreamUnavailable, match="closed the connection"):
+    with pytest.raises(UpstreamUnavailable, match="closed the connection") as caught:
         await get(client)
+    assert caught.value.cause == "closed"
     assert client.stats()["open"] == 0
 
 
@@ -240,16 +252,18 @@ async def test_no_content_answer_keeps_the_connection(serve: Serve, clients: Cli
 async def test_garbage_instead_of_http_is_invalid(serve: Serve, clients: Clients, garbage: bytes) -> None:
     server = await serve(answer_with(garbage, keep=False))
     client = clients(server)
-    with pytest.raises(UpstreamInvalid):
+    with pytest.raises(UpstreamInvalid) as caught:
         await get(client)
+    assert caught.value.cause == "invalid"
     assert client.stats()["open"] == 0
 
 
 async def test_oversize_answer_is_refused_and_its_connection_dropped(serve: Serve, clients: Clients) -> None:
     server = await serve(answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000))
     client = clients(server, max_body=1024)
-    with pytest.raises(UpstreamInvalid, match="exceeds 1024 bytes"):
+    with pytest.raises(UpstreamInvalid, match="exceeds 1024 bytes") as caught:
         await get(client)
+    assert caught.value.cause == "invalid"
     assert client.stats()["open"] == 0
 
 
@@ -284,14 +298,22 @@ async def test_connection_cap_queues_requests_beyond_it(serve: Serve, clients: C
     assert server.connections == 2 and server.most_busy == 2
 
 
-async def test_waiting_for_a_connection_is_bounded_by_the_timeout(serve: Serve, clients: Clients) -> None:
+async def test_waiting_for_a_connection_is_bounded_by_the_pool_timeout(
+    serve: Serve, clients: Clients
+) -> None:
     gate = asyncio.Event()
     server = await serve(held_until(gate))
-    client = clients(server, limit=1)
+    client = clients(server, limit=1, pool_timeout=0.1)
     first = await busy_with_one(server, client)
-    # Nothing was sent, so dedup may let the bot's retry through (UpstreamUnreached).
-    with pytest.raises(UpstreamUnreached, match="no upstream connection came free"):
-        await get(client, 0.1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # Seawall's own congestion, not the exchange's failure (breakers ignore it); nothing was sent, so
+    # dedup lets the bot's retry through.
+    with pytest.raises(Congested, match="no upstream connection came free") as caught:
+        await get(client, timeout=5.0)
+    assert loop.time() - started < 1.0  # the pool's budget, not the request's 5 s deadline
+    assert caught.value.cause == "pool_timeout" and caught.value.retry_after is not None
+    assert client.stats()["waiting"] == 0
     gate.set()
     assert (await first).status == 200
     assert (await get(client)).status == 200
@@ -316,10 +338,11 @@ async def test_a_waiter_cancelled_as_it_is_woken_passes_the_connection_on(serve:
 
     class CancelOnWake(UpstreamClient):
         # The race under test: a bot hangs up in the same loop turn its waiting request is woken.
-        def _wake_one(self) -> None:
-            super()._wake_one()
+        def _wake_one(self, gift: object) -> bool:
+            woke = super()._wake_one(gift)  # type: ignore[arg-type]
             while victim:
                 victim.pop().cancel()
+            return woke
 
     client = CancelOnWake("127.0.0.1", server.port, tls=None, limit=1, connect_timeout=2.0, max_body=1024)
     first = await busy_with_one(server, client)
@@ -389,8 +412,9 @@ async def test_answer_cut_by_a_reset_is_not_mistaken_for_its_end(serve: Serve, c
         return False
 
     server = await serve(reset)
-    with pytest.raises(UpstreamUnavailable, match="mid-answer"):
+    with pytest.raises(UpstreamUnavailable, match="mid-answer") as caught:
         await clients(server).request(GET, b"", head_request=False, timeout=5)
+    assert caught.value.cause == "reset"
 
 
 async def test_oversize_answer_head_is_refused(serve: Serve, clients: Clients) -> None:
@@ -420,8 +444,9 @@ async def test_closing_the_client_answers_waiters_and_frees_idle_connections(
 
 async def test_unreachable_upstream_is_unreached() -> None:
     client = UpstreamClient("127.0.0.1", 1, tls=None, limit=2, connect_timeout=1.0, max_body=1024)
-    with pytest.raises(UpstreamUnreached):
+    with pytest.raises(UpstreamUnreached) as caught:
         await get(client)
+    assert caught.value.cause == "refused"
     assert client.stats()["open"] == 0
 
 
@@ -447,6 +472,14 @@ async def test_request_head_keeps_order_repeats_and_framing_of_the_bot() -> None
     assert b"Content-Length" not in request_head("GET", "/", "h", CIMultiDict(), None)
 
 
+def test_a_head_answer_keeps_its_content_length_other_answers_are_reframed() -> None:
+    answer = UpstreamAnswer(200, b"OK", [(b"Content-Length", b"1234"), (b"Connection", b"keep-alive")], b"")
+    _, _, head_headers = decode_answer_head(answer, head_request=True)
+    assert dict(head_headers) == {"Content-Length": "1234"}  # the size a GET would have, as the exchange said
+    _, _, get_headers = decode_answer_head(answer)
+    assert dict(get_headers) == {}  # the listener frames the body it sends
+
+
 async def test_request_head_refuses_line_breaks_a_policy_might_add() -> None:
     with pytest.raises(BadRequest):
         request_head("GET", "/", "h", CIMultiDict([("X-A", "1\r\nX-Injected: 2")]), None)
@@ -470,7 +503,12 @@ async def test_status_shows_the_upstream_connections(serve: Serve, start_seawall
         async with session.get(seawall.proxy_url + "/v1/positions") as r:
             assert r.status == 200
         async with session.get(seawall.admin_url + "/status") as r:
-            assert (await r.json())["upstream_connections"] == {"open": 1, "idle": 1, "limit": 7}
+            assert (await r.json())["upstream_connections"] == {
+                "open": 1,
+                "idle": 1,
+                "waiting": 0,
+                "limit": 7,
+            }
 
 
 @pytest.fixture(scope="module")
@@ -567,3 +605,223 @@ async def test_https_upstream_with_an_untrusted_certificate_is_never_sent_the_re
         assert r.headers["X-Seawall"] == "upstream-unavailable"
         assert (await r.json())["code"] == -1011
     assert seen == []
+    last = seawall.status()["upstream_errors"]["last"]
+    assert last["cause"] == "tls" and "certificate verify failed" in last["message"]
+
+
+# -- the pool under contention: FIFO --------------------------------------------------------------------
+
+
+async def test_waiters_are_served_in_arrival_order_while_newcomers_keep_arriving(
+    serve: Serve, clients: Clients
+) -> None:
+    gate = asyncio.Event()
+    server = await serve(held_until(gate))
+    client = clients(server, limit=1)
+    first = await busy_with_one(server, client)
+    waiters = []
+    for n in range(5):
+        waiters.append(start_get(client, f"/waiter/{n}"))
+        await wait_until(lambda n=n: len(client._slot_waiters) == n + 1)  # type: ignore[misc]
+    newcomers: list[asyncio.Future[UpstreamAnswer]] = []
+
+    async def keep_arriving() -> None:
+        # A bot request arrives on every loop turn, as under load: each would take the connection just
+        # handed to the longest waiter, if the pool let a newcomer in ahead of the queue.
+        while not all(waiter.done() for waiter in waiters) and len(newcomers) < 200:
+            newcomers.append(start_get(client, f"/newcomer/{len(newcomers)}"))
+            await asyncio.sleep(0)
+
+    arrivals = asyncio.ensure_future(keep_arriving())
+    gate.set()
+    await asyncio.gather(first, *waiters, arrivals)
+    await asyncio.gather(*newcomers)
+    served = served_paths(server)
+    assert served[:6] == ["/v1/positions"] + [f"/waiter/{n}" for n in range(5)]
+    assert served[6:] == [f"/newcomer/{n}" for n in range(len(newcomers))]
+    assert server.connections == 1
+
+
+async def test_a_waiter_that_times_out_leaves_the_queue_and_the_next_one_is_served(
+    serve: Serve, clients: Clients
+) -> None:
+    gate = asyncio.Event()
+    server = await serve(held_until(gate))
+    client = clients(server, limit=1, pool_timeout=0.2)
+    first = await busy_with_one(server, client)
+    impatient = asyncio.ensure_future(client.request(GET, b"", False, timeout=0.5))  # leaves at 0.2 s
+    await wait_until(lambda: len(client._slot_waiters) == 1)
+    patient = start_get(client, "/patient")  # the same pool_timeout, but it arrived later
+    with pytest.raises(Congested):
+        await impatient
+    assert len(client._slot_waiters) == 1  # only the patient one is left in the queue
+    gate.set()
+    assert (await first).status == 200 and (await patient).status == 200
+    assert served_paths(server) == ["/v1/positions", "/patient"]
+
+
+# -- separate budgets inside one deadline ---------------------------------------------------------------
+
+
+async def test_answer_timeout_bounds_the_wait_for_the_answer(serve: Serve, clients: Clients) -> None:
+    hold = asyncio.Event()
+
+    async def silent(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await hold.wait()
+        return False
+
+    server = await serve(silent)
+    client = clients(server, answer_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(UpstreamUnavailable, match="did not answer in time") as caught:
+            await get(client, timeout=5.0)
+        assert loop.time() - started < 1.5  # the answer's budget, not the request's 5 s
+        assert caught.value.cause == "timeout"
+        assert not isinstance(caught.value, UpstreamUnreached)  # written: the outcome is unknown
+        assert len(server.requests) == 1
+    finally:
+        hold.set()
+
+
+async def test_connect_timeout_is_its_own_budget_and_says_so() -> None:
+    # A listener whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = [socket.socket() for _ in range(3)]
+    client = UpstreamClient("127.0.0.1", port, tls=None, limit=2, connect_timeout=0.2, max_body=1024)
+    try:
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        try:
+            async with asyncio.timeout(0.3):
+                probe = await asyncio.open_connection("127.0.0.1", port)
+            probe[1].close()
+            pytest.skip("this kernel accepts connections past a full backlog")
+        except TimeoutError:
+            pass
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(UpstreamUnreached, match="did not accept a connection in time") as caught:
+            await get(client, timeout=5.0)
+        assert caught.value.cause == "connect_timeout"
+        assert loop.time() - started < 1.5
+        assert client.stats()["open"] == 0
+    finally:
+        await client.close()
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_a_request_is_never_written_with_less_than_min_send_time_left(
+    serve: Serve, clients: Clients
+) -> None:
+    gate = asyncio.Event()
+    server = await serve(held_until(gate))
+    client = clients(server, limit=1, min_send_time=0.3)
+    first = await busy_with_one(server, client)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # 0.5 s of deadline: after 0.2 s in the queue only 0.3 s would be left, so it gives up then, unsent.
+    with pytest.raises(Congested, match="too little of the request's deadline") as caught:
+        await get(client, timeout=0.5)
+    assert caught.value.cause == "deadline"
+    assert 0.15 < loop.time() - started < 0.45
+    gate.set()
+    assert (await first).status == 200
+    assert len(server.requests) == 1
+    assert client.stats() == {"open": 1, "idle": 1, "waiting": 0, "limit": 1}
+
+
+async def test_a_spent_deadline_leaves_the_idle_connection_unused(serve: Serve, clients: Clients) -> None:
+    server = await serve(answer_with(OK))
+    client = clients(server, min_send_time=0.3)
+    assert (await get(client)).status == 200
+    with pytest.raises(Congested) as caught:
+        await get(client, timeout=0.25)  # what the rate-limit queue left of the deadline
+    assert caught.value.cause == "deadline"
+    assert client.stats()["idle"] == 1 and len(server.requests) == 1
+    assert (await get(client)).status == 200
+    assert server.connections == 1  # the connection went back to the pool unused and was reused
+
+
+async def test_latency_is_the_exchanges_time_not_the_pool_wait(serve: Serve, clients: Clients) -> None:
+    gate = asyncio.Event()
+    server = await serve(held_until(gate))
+    client = clients(server, limit=1)
+    first = await busy_with_one(server, client)
+    queued = start_get(client)
+    await wait_until(lambda: len(client._slot_waiters) == 1)
+    await asyncio.sleep(0.3)  # the time under test: the first request holds the only connection
+    gate.set()
+    assert (await first).latency >= 0.3
+    assert (await queued).latency < 0.2  # answered at once once written: the queue is not the exchange's
+
+
+# -- Keep-Alive and connections the exchange closed -----------------------------------------------------
+
+
+async def test_the_exchanges_keep_alive_timeout_limits_reuse(serve: Serve, clients: Clients) -> None:
+    keep_alive = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1.25, max=100\r\nContent-Length: 2\r\n\r\n{}"
+    server = await serve(answer_with(keep_alive))
+    client = clients(server)
+    for _ in range(2):
+        assert (await get(client)).status == 200
+    assert server.connections == 1  # reused within the announced timeout less the margin (0.25 s)
+    await asyncio.sleep(0.35)  # the time under test: idle past 1.25 s - KEEP_ALIVE_MARGIN
+    assert (await get(client)).status == 200
+    assert server.connections == 2  # not written into a connection the exchange is about to drop
+    await wait_until(lambda: server.closed_connections == 1)  # the stale one was closed, not leaked
+
+
+async def test_a_keep_alive_timeout_within_the_margin_means_no_reuse(serve: Serve, clients: Clients) -> None:
+    keep_alive = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 2\r\n\r\n{}"
+    server = await serve(answer_with(keep_alive))
+    client = clients(server)
+    for _ in range(3):
+        assert (await get(client)).status == 200
+    assert server.connections == 3
+    assert client.stats()["idle"] == 0
+
+
+async def test_a_reused_connection_closed_after_the_request_was_written_is_unknown_not_unsent(
+    serve: Serve, clients: Clients
+) -> None:
+    answered = 0
+
+    async def answer_once(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        nonlocal answered
+        if answered:
+            return False  # read the request, then closed without a byte of answer
+        answered += 1
+        writer.write(OK)
+        return True
+
+    server = await serve(answer_once)
+    client = clients(server)
+    assert (await get(client)).status == 200
+    with pytest.raises(UpstreamUnavailable, match="without answering") as caught:
+        await get(client)
+    # The exchange may have acted on it: dedup must hold the identity as unknown, not allow a resend.
+    assert not isinstance(caught.value, UpstreamUnreached)
+    assert caught.value.cause == "closed"
+    assert len(server.requests) == 2
+
+
+async def test_a_connection_closed_right_after_its_answer_is_not_written_into(
+    serve: Serve, clients: Clients
+) -> None:
+    server = await serve(answer_with(OK, keep=False))  # keep-alive announced, then closed at once
+    client = clients(server, limit=1)
+    # The next request goes out at once, before the loop has read the exchange's FIN: it must notice
+    # the closed connection before writing, and open another (nothing was sent, so nothing can fail).
+    for _ in range(10):
+        assert (await get(client)).status == 200
+    queued = [start_get(client) for _ in range(10)]  # each handed the connection its predecessor used
+    assert [answer.status for answer in await asyncio.gather(*queued)] == [200] * 10
+    assert server.connections == 20 and len(server.requests) == 20

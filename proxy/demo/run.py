@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from proxy.app import Seawall
-from proxy.config import build_config
+from proxy.config_loader import build_config
 from proxy.demo.bots import Bot, Tally, blind_retries, hammer_through_outage, requote_bursts, ticker
 from proxy.demo.report import PhaseResult, render
 from proxy.simulator.server import Simulator

@@ -1,4 +1,4 @@
-"""Circuit breakers: stop retry storms on -1011 / -1012 and recover by themselves (PRODUCT.md §4).
+"""Circuit breakers: stop retry storms on -1011 / -1012 and recover by themselves.
 
 Guarantee, per breaker scope (a rule's route group, optionally per account, since -1012 RPC_REJECT can be
 account-level): after `failure_threshold` consecutive trip failures — the rule's codes (-1011
@@ -11,14 +11,17 @@ closes the breaker, its failure re-opens it. The bot's own errors (-1005 bad par
 neither trip a breaker nor reset its count; a success does reset it.
 
 pybreaker runs the state machine and its listeners feed metrics and logs, but it has no asyncio support
-(its async helper needs Tornado) and PITFALLS.md lists its edges, so it is driven deliberately: admission
-is decided here; an outcome is reported to pybreaker only after the classified answer arrives, only if it
-is a success or a trip failure, and only if the request was admitted in the breaker's current epoch.
+(its async helper needs Tornado) and, driven naively, lets every concurrent call through when half-open,
+lets a late failure extend the open period, counts a cancelled call as a failure and resets the count on
+an excluded error. So it is driven deliberately: admission is decided here; an outcome is reported to
+pybreaker only after the classified answer arrives, only if it is a success or a trip failure, and only if
+the request was admitted in the breaker's current epoch.
 
-With `state: redis` (`shared`), breaker scopes are shared by every replica: an opening anywhere makes all
-of them answer locally, and one probe goes out across all of them (proxy/state/breaker_redis.py has the
-protocol and its consistency window). pybreaker still runs here; the storage syncs the shared facts
-before admission and publishes openings and closings after the answer. Without Redis, local state.
+The policy receives its state store ready-made (`proxy/state/backends.py` picks it): each scope's storage
+in process memory, or with `state: redis` shared by every replica, so an opening anywhere makes all of them
+answer locally and one probe goes out across all of them (proxy/state/breaker_redis.py has the protocol
+and its consistency window). pybreaker still runs here; a shared storage syncs the shared facts before
+admission and publishes openings and closings after the answer.
 """
 
 from __future__ import annotations
@@ -40,10 +43,8 @@ from proxy.context import RequestContext
 from proxy.errors import CircuitOpen, UpstreamUnavailable
 from proxy.logs import log
 from proxy.metrics import Metrics
-from proxy.pipeline import Handler
-from proxy.state.breaker import BreakerScopeStorage, BreakerStateStore, MemoryBreakerStore
-from proxy.state.breaker_redis import RedisBreakerStore
-from proxy.state.redis_link import RedisLink
+from proxy.state.breaker import BreakerScopeStorage, BreakerStateStore
+from proxy.types import Handler, Policy
 
 STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 # A gateway in front of the exchange answers these with an HTML page when it cannot reach it.
@@ -116,7 +117,7 @@ class _Ticket:
     probe: bool
 
 
-class CircuitBreakerPolicy:
+class CircuitBreakerPolicy(Policy):
     """Answers requests of an open breaker scope locally; lets one probe through when half-open."""
 
     name = "breaker"
@@ -125,20 +126,16 @@ class CircuitBreakerPolicy:
         self,
         config: BreakerConfig,
         metrics: Metrics,
+        store: BreakerStateStore,
         *,
         aliases: Mapping[str, str] | None = None,
-        store: BreakerStateStore | None = None,
         clock: Callable[[], float] = time.monotonic,
-        shared: RedisLink | None = None,
-        upstream_timeout: float = 10.0,
     ) -> None:
-        """`shared`: share breaker state through Redis. A probe claim there lasts at most `upstream_timeout`
-        (the forwarder's total) plus a margin for a queued probe, should its replica die."""
+        """`store` hands out each scope's storage (memory or Redis); `aliases` name accounts in /status,
+        metrics and logs; `clock` is the one open periods are measured on."""
         self._metrics = metrics
         self._aliases = dict(aliases or {})
-        if store is None and shared is not None:
-            store = RedisBreakerStore(shared, probe_ttl=upstream_timeout + 5.0)
-        self._store: BreakerStateStore = store or MemoryBreakerStore()
+        self._store = store
         self._clock = clock
         self._rules = config.rules if config.enabled else ()
         self._by_route: dict[str, list[BreakerRule]] = {}
@@ -181,7 +178,7 @@ class CircuitBreakerPolicy:
             raise
         except BaseException:
             # Answered below without reaching the exchange (the limiter said no), or the bot hung up
-            # (PITFALLS.md: pybreaker counts CancelledError as a failure): no news about the exchange.
+            # (pybreaker itself would count a CancelledError as a failure): no news about the exchange.
             for ticket in tickets:
                 self._settle(ticket, None)
             raise

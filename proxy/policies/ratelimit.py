@@ -1,4 +1,4 @@
-"""Client-side rate limiting that matches the exchange's strict sliding windows (PRODUCT.md §4).
+"""Client-side rate limiting that matches the exchange's strict sliding windows.
 
 Guarantee: for every rule, no more than `limit` slots of one scope are ever inside any sliding window
 of `window` seconds as the exchange sees it, so traffic through Seawall never earns a -1003 from an
@@ -21,8 +21,12 @@ starved by them). A request whose wait is known to exceed its max wait (the smal
 rules), or whose over-budget rule says `on_limit: reject`, is answered -1003 at once, with Retry-After.
 An upstream -1003 anyway (someone else shares the key) cools the scope down for one window.
 
-With `state: redis` (`shared`), the slots and cool-downs live in Redis for every replica
-(`proxy/state/ratelimit_redis.py`), so many replicas keep one budget; the queues stay per replica.
+The policy keeps the queues, decides who waits and who gives up, answers the bot and counts metrics; the
+slots and cool-downs are its state's (`proxy/state/ratelimit.py`), which it receives ready-made
+(`proxy/state/backends.py` picks it): in process memory, or with `state: redis` in Redis for every replica
+(`proxy/state/ratelimit_redis.py`), so many replicas keep one budget; the queues stay per replica. A
+shared state that cannot decide (Redis away, `on_unavailable: fail_closed`) says so (`SharedStateDown`);
+the policy answers -1003 locally (`StateUnavailable`, X-Seawall `state-unavailable`) with Retry-After.
 """
 
 from __future__ import annotations
@@ -38,12 +42,10 @@ from typing import Any
 from proxy.answer import Answer
 from proxy.config import RateLimitConfig, RateLimitRule
 from proxy.context import RequestContext
-from proxy.errors import RateLimited
+from proxy.errors import RateLimited, StateUnavailable
 from proxy.metrics import Metrics
-from proxy.pipeline import Handler
-from proxy.state.ratelimit import Claim, MemoryRateLimitState, RateLimitState, Verdict
-from proxy.state.ratelimit_redis import RedisRateLimitState
-from proxy.state.redis_link import RedisLink
+from proxy.state.ratelimit import Claim, RateLimitState, SharedStateDown, Verdict
+from proxy.types import Handler, Policy
 
 QueueKey = tuple[str, str]  # (rule, scope)
 
@@ -97,18 +99,22 @@ class _Waiter:
             self.wake.set_result(None)
 
 
-class RateLimitPolicy:
+class RateLimitPolicy(Policy):
+    """Admits a request when every rule it falls under has room, queues it FIFO until then (or answers
+    -1003 at once when waiting is hopeless), and cools a scope down after an exchange -1003."""
+
     name = "ratelimit"
 
     def __init__(
         self,
         config: RateLimitConfig,
         metrics: Metrics,
-        state: RateLimitState | None = None,
+        state: RateLimitState,
+        *,
         clock: Callable[[], float] = time.monotonic,
-        shared: RedisLink | None = None,
-        upstream_timeout: float = 10.0,
     ) -> None:
+        """`state` holds the slots (memory or Redis: `proxy/state/backends.py`). `clock` stamps every call
+        to it, so a state that keeps time itself must be on the same clock (both default to monotonic)."""
         sources = config.rules if config.enabled else ()
         self._rules = [_Rule.from_config(rule, config.margin) for rule in sources]
         self._by_route: dict[str, tuple[_Rule, ...]] = {}
@@ -116,15 +122,7 @@ class RateLimitPolicy:
             for route in source.routes:
                 self._by_route[route] = (*self._by_route.get(route, ()), rule)
         self._every_route = self._by_route.pop("*", ())
-        if state is None:
-            # A slot in flight on a replica that dies is freed by Redis after the longest possible
-            # request (the upstream timeout) plus its hold, instead of never.
-            state = (
-                RedisRateLimitState(shared, metrics, in_flight_expiry=upstream_timeout + 1.0, clock=clock)
-                if shared is not None
-                else MemoryRateLimitState()
-            )
-        self._state: RateLimitState = state
+        self._state = state
         self._clock = clock
         self._idle_ttl = config.idle_scope_ttl
         self._queues: dict[QueueKey, list[_Waiter]] = {}
@@ -164,7 +162,7 @@ class RateLimitPolicy:
         queues = self._queues
         if not any(key in queues for key in keys):
             # Nobody queued: a request (or a burst) that fits the budget goes out at once.
-            verdict = await self._state.acquire(claims, (0,) * len(claims), started)
+            verdict = await self._decide(claims, (0,) * len(claims), started)
             if verdict.admitted:
                 for rule in rules:
                     self._waited[rule.name].observe(0.0)
@@ -187,7 +185,7 @@ class RateLimitPolicy:
                 ahead = [self._ahead(key, waiter) for key in keys]
                 waiter.deciding = True
                 try:
-                    verdict = await self._state.acquire(claims, ahead, now)
+                    verdict = await self._decide(claims, ahead, now)
                 finally:
                     waiter.deciding = False
                 if verdict.admitted:
@@ -203,6 +201,17 @@ class RateLimitPolicy:
         for rule in rules:
             self._waited[rule.name].observe(waited)
         return verdict.ticket
+
+    async def _decide(self, claims: Sequence[Claim], ahead: Sequence[int], now: float) -> Verdict:
+        """The state's verdict. A shared state that cannot decide (Redis away, failing closed) is answered
+        -1003 here, with when Redis is tried again, rather than let anything through unaccounted."""
+        try:
+            return await self._state.acquire(claims, ahead, now)
+        except SharedStateDown as down:
+            self._metrics.ratelimit_rejected.labels(claims[0].rule, "state_unavailable").inc()
+            raise StateUnavailable(
+                "shared rate-limit state unreachable", retry_after=down.retry_after
+            ) from None
 
     def _ahead(self, key: QueueKey, waiter: _Waiter) -> int:
         """Slots reserved in `key`'s scope for the requests queued in front of `waiter`."""
@@ -281,9 +290,7 @@ class RateLimitPolicy:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
-        closer = getattr(self._state, "close", None)
-        if closer is not None:
-            await closer()
+        await self._state.close()
 
     async def _sweep(self) -> None:
         """Bounded memory: scopes idle for `idle_scope_ttl` are dropped (they hold nothing by then)."""
@@ -295,9 +302,9 @@ class RateLimitPolicy:
     def status(self) -> dict[str, Any]:
         usage = self._state.usage(self._clock())
         busiest = sorted(usage, key=lambda scope: scope.used / scope.limit, reverse=True)[:10]
-        describe = getattr(self._state, "describe", None)
+        state = self._state.describe()
         return {
-            **({"state": describe()} if describe is not None else {}),
+            **({"state": state} if state is not None else {}),
             "rules": [rule.name for rule in self._rules],
             "scopes_in_use": len(usage),
             "queued": len({id(w) for queue in self._queues.values() for w in queue}),

@@ -45,19 +45,22 @@ class Credentials:
     secret: str
 
     def ccxt_config(self, base_url: str) -> dict[str, Any]:
-        """Config for ccxt `woofipro` (orderly) or `woo` (woox) pointed at `base_url`."""
+        """Config for ccxt `woofipro` (orderly) or `woo` (woox) pointed at `base_url`; ccxt.pro's
+        streams too (`ws://` + the same host: `/ws/stream`, `/v2/ws/private/stream`, ccxt appends the id)."""
+        ws_base = "ws" + base_url.removeprefix("http") if base_url.startswith("http") else base_url
+        streams = {"public": ws_base + "/ws/stream", "private": ws_base + "/v2/ws/private/stream"}
         if self.profile == "orderly":
             return {
                 "apiKey": self.api_key,
                 "secret": self.secret,
                 "accountId": self.account_id,
-                "urls": {"api": {"public": base_url, "private": base_url}},
+                "urls": {"api": {"public": base_url, "private": base_url, "ws": streams}},
             }
         return {
             "apiKey": self.api_key,
             "secret": self.secret,
             "uid": self.account_id,
-            "urls": {"api": {"pub": base_url, "public": base_url, "private": base_url}},
+            "urls": {"api": {"pub": base_url, "public": base_url, "private": base_url, "ws": streams}},
         }
 
 

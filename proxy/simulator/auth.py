@@ -1,21 +1,27 @@
 """Signature checks on the raw request, per profile, answering like the exchange.
 
-- Orderly (EXCHANGES.md §2.4): `orderly-account-id`, `orderly-key`, `orderly-timestamp`,
+- Orderly (docs/exchanges.md, "Orderly"): `orderly-account-id`, `orderly-key`, `orderly-timestamp`,
   `orderly-signature`; ed25519 over the raw target (or its decoded query) and raw body; timestamp within
   300 s; the key must be registered to the named account.
-- WOO X (§2.1-2.3): `x-api-key`, `x-api-timestamp`, `x-api-signature`; v1 (sorted params + "|" + ts) for
-  /v1 and /v2 paths, v3 (ts + METHOD + target + body) for /v3 paths; same 300 s window (WOO publishes
-  none; Orderly's is the plausible default [I]).
+- WOO X (docs/exchanges.md, "WOO X"): `x-api-key`, `x-api-timestamp`, `x-api-signature`; v1 (sorted
+  params + "|" + ts) for /v1 and /v2 paths, v3 (ts + METHOD + target + body) for /v3 paths; same 300 s
+  window (WOO publishes none; Orderly's is the plausible default, an assumption).
 
 Codes: a missing header, an unknown key, a key of another account or a stale timestamp -> -1002
 UNAUTHORIZED; a malformed key, timestamp or signature -> -1001. A signature that does not verify is
 -1001 on Orderly (INVALID_SIGNATURE) and -1002 on WOO X, whose support article about -1002 is precisely
-about wrongly computed signatures (WOO-SUPPORT-1002). Both are HTTP 401.
+about wrongly computed signatures (docs/exchanges.md, sources). Both are HTTP 401.
+
+Private streams (`verify_stream`): the `auth` params sign the bare timestamp — Orderly `orderly_key`,
+`sign` (ed25519 over the timestamp, base64 of either alphabet), `timestamp`; WOO X `apikey`, `sign` (hex
+HMAC-SHA256 over ``"|" + timestamp``), `timestamp` — with the same window, and the key must belong to
+the account the URL names. A refusal carries a short reason for the simulator's counters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from proxy.simulator.accounts import Account, AccountRegistry
 from proxy.simulator.errors import SimError
@@ -24,6 +30,7 @@ from proxy.simulator.signing import now_ms, verify_orderly, verify_woox_v1, veri
 
 ORDERLY_HEADERS = ("orderly-account-id", "orderly-key", "orderly-timestamp", "orderly-signature")
 WOOX_HEADERS = ("x-api-key", "x-api-timestamp", "x-api-signature")
+STREAM_PARAMS = {"orderly": ("orderly_key", "sign", "timestamp"), "woox": ("apikey", "sign", "timestamp")}
 
 
 class Authenticator:
@@ -84,3 +91,30 @@ class Authenticator:
         if not valid:
             raise SimError(-1002, "The request is unauthorized: the signature does not match.")
         return account, key
+
+    def verify_stream(self, stream_id: str, params: Mapping[str, Any]) -> Account:
+        """The account whose key signed this private-stream auth, or SimError(-1001/-1002, reason)."""
+        values = [params.get(name) for name in STREAM_PARAMS[self.registry.profile]]
+        if not all(isinstance(v, str | int) and not isinstance(v, bool) and str(v) for v in values):
+            raise SimError(-1002, "missing_params")
+        key, signature, timestamp = (str(value).strip() for value in values)
+        if not timestamp.isdigit():
+            raise SimError(-1001, "bad_timestamp")
+        if abs(self._clock_ms() - int(timestamp)) > self.window_ms:
+            raise SimError(-1002, "stale_timestamp")
+        account = self.registry.by_key(key)
+        if account is None:
+            raise SimError(-1002, "unknown_key")
+        if account.account_id != stream_id:
+            raise SimError(-1002, "other_account")
+        if self.registry.profile == "orderly":
+            try:
+                valid = verify_orderly(key, signature, timestamp, "", "", b"")
+            except ValueError:
+                raise SimError(-1001, "malformed_signature") from None
+        else:
+            secret = account.keys.get(key) or ""
+            valid = verify_woox_v1(secret, signature, timestamp, "", b"")
+        if not valid:
+            raise SimError(-1001 if self.registry.profile == "orderly" else -1002, "bad_signature")
+        return account

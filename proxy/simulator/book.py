@@ -1,13 +1,17 @@
 """Orders, balances and positions per account: the exchange's matching rules, simplified.
 
-Guarantees (EXCHANGES.md §4.1-4.3):
+Guarantees (the exchanges' documented order rules, see docs/exchanges.md):
 - a `client_order_id` is unique among an account's OPEN orders (-1007 otherwise) and may be reused once
   the earlier order completed; get/cancel by client id act on the latest order with that id;
 - cancelling an unknown or completed order is -1006; a cancel takes effect at once (the answer is
   CANCEL_SENT, as the exchange's asynchronous cancel would say);
 - LIMIT rests unless it crosses the mid (then fills at the mid); MARKET/ASK/BID fill at once; IOC/FOK fill
   if they cross, else are cancelled; POST_ONLY is cancelled if it would take — all of those complete;
-- an order whose margin (perps) or cost (spot) exceeds what the account has free is -1101.
+- an order whose margin (perps) or cost (spot) exceeds what the account has free is -1101;
+- every fill goes on the public trade tape (`Book.tape`) with the taker's side;
+- every change of an order is told, as it happens and in order, to each of `order_listeners` (the
+  private stream): NEW on acceptance, then CANCELLED or FILLED (with the fill's trade) — so an order
+  that fills at once is heard as NEW, then FILLED.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from decimal import ROUND_DOWN, Decimal
 
 from proxy.simulator.errors import SimError
 from proxy.simulator.symbols import SymbolInfo
+from proxy.simulator.tape import Tape, Trade
 
 OPEN_STATUSES = frozenset({"NEW", "PARTIAL_FILLED"})
-# Aggregate filters every list endpoint understands (EXCHANGES.md §4.3 "Statuses").
+# Aggregate filters every list endpoint understands (the documented status groups).
 STATUS_GROUPS = {"INCOMPLETE": OPEN_STATUSES, "COMPLETED": frozenset({"CANCELLED", "FILLED", "REJECTED"})}
 ORDER_TYPES = frozenset({"LIMIT", "MARKET", "IOC", "FOK", "POST_ONLY", "ASK", "BID"})
 _TAKES_AT_ONCE = frozenset({"MARKET", "ASK", "BID"})
@@ -98,6 +103,8 @@ class Book:
         self._accounts: dict[str, AccountBook] = {}
         self._by_id: dict[int, Order] = {}
         self._ids = itertools.count(1_000_001)
+        self.tape = Tape()
+        self.order_listeners: list[Callable[[Order, Trade | None], None]] = []
 
     # --- accounts -------------------------------------------------------------------------------
 
@@ -113,6 +120,7 @@ class Book:
         for account_id in list(self._accounts):
             self.open_account(account_id)
         self._by_id.clear()
+        self.tape.reset()
 
     def set_balance(self, account_id: str, token: str, amount: Decimal) -> None:
         self.account(account_id).holdings[token] = amount
@@ -165,6 +173,7 @@ class Book:
         )
         book.orders.append(order)
         self._by_id[order.order_id] = order
+        self._notify(order, None)
         self._match(order, info)
         return order
 
@@ -217,12 +226,22 @@ class Book:
         ]
 
     def fill(self, order: Order) -> Order:
-        """Fill an open order completely at its limit price (or the mid), e.g. from the control API."""
+        """Fill an open order completely at its limit price (or the mid), e.g. from the control API.
+        The resting order is the maker, so the tape shows the opposite side as the taker."""
         if not order.is_open:
             raise SimError(-1006, "The order is already completed.")
         info = self.symbols[order.symbol]
-        self._execute(order, order.price if order.price is not None else info.mid)
+        taker = "SELL" if order.side == "BUY" else "BUY"
+        self._execute(order, order.price if order.price is not None else info.mid, taker)
         return order
+
+    def now_ms(self) -> int:
+        return self._clock_ms()
+
+    def open_interest(self, symbol: str) -> Decimal:
+        """The long side of all positions in `symbol` (equal to the short side on a real venue)."""
+        positions = (book.positions.get(symbol) for book in self._accounts.values())
+        return sum((p.quantity for p in positions if p is not None and p.quantity > 0), Decimal(0))
 
     def find(self, order_id: int) -> Order | None:
         return self._by_id.get(order_id)
@@ -265,7 +284,7 @@ class Book:
 
     def _match(self, order: Order, info: SymbolInfo) -> None:
         if order.order_type in _TAKES_AT_ONCE:
-            self._execute(order, info.mid)
+            self._execute(order, info.mid, order.side)
             return
         assert order.price is not None
         crosses = order.price >= info.mid if order.side == "BUY" else order.price <= info.mid
@@ -273,11 +292,11 @@ class Book:
             if crosses:
                 self._complete(order, "CANCELLED")
         elif crosses:
-            self._execute(order, info.mid)
+            self._execute(order, info.mid, order.side)
         elif order.order_type in ("IOC", "FOK"):
             self._complete(order, "CANCELLED")
 
-    def _execute(self, order: Order, price: Decimal) -> None:
+    def _execute(self, order: Order, price: Decimal, taker_side: str) -> None:
         info = self.symbols[order.symbol]
         book = self.account(order.account_id)
         signed = order.quantity if order.side == "BUY" else -order.quantity
@@ -294,8 +313,16 @@ class Book:
             book.holdings[info.quote] = book.holdings.get(info.quote, zero) - signed * price
         order.executed = order.quantity
         order.average_price = price
-        self._complete(order, "FILLED")
+        order.status = "FILLED"
+        order.updated_ms = self._clock_ms()
+        trade = self.tape.record(order.symbol, taker_side, price, order.quantity, order.updated_ms)
+        self._notify(order, trade)
 
     def _complete(self, order: Order, status: str) -> None:
         order.status = status
         order.updated_ms = self._clock_ms()
+        self._notify(order, None)
+
+    def _notify(self, order: Order, trade: Trade | None) -> None:
+        for listener in self.order_listeners:
+            listener(order, trade)

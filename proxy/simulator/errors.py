@@ -1,7 +1,7 @@
 """Exchange-format failures: one exception carrying a table code, one function rendering it.
 
 Every failure the simulator sends goes through `error_payload`, so its HTTP status always comes from the
-seed table (config/error-codes.yaml) exactly as the real exchange's would (EXCHANGES.md §1.2).
+seed table (config/error-codes.yaml) exactly as the real exchange's would (docs/exchanges.md).
 """
 
 from __future__ import annotations

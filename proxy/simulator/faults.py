@@ -2,7 +2,7 @@
 
 A fault matches requests by path and/or route-name patterns (fnmatch: ``/v1/order``, ``order.*``) and
 methods, and lasts for the next `count` matching requests, for `duration` seconds, or until cleared.
-Kinds (EXCHANGES.md "Fault injection hooks"):
+Kinds (what a proxy must survive; docs/exchanges.md):
 - ``error``: answer `code` (default -1011) with the table's status, without touching the book;
 - ``latency``: add `delay` seconds, then proceed (stacks with other faults);
 - ``reset``: drop the connection without an answer;

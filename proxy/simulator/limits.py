@@ -2,7 +2,7 @@
 
 Guarantee: for every (rule, scope) at most `limit` requests are admitted in any interval of `window`
 seconds — a log of admission times per key, never a token bucket (a bucket with burst N admits up to 2N
-in some sliding window: PITFALLS.md "aiolimiter"). The limiter also records, per rule, the largest
+in some sliding window: docs/design.md, "Rate limiting"). The limiter also records, per rule, the largest
 number of admitted requests seen in any window, and the largest number *attempted*, so a test can prove
 a client (or a proxy) stayed within the budget.
 """

@@ -12,7 +12,7 @@ from typing import Any
 
 from proxy.simulator.errors import SimError
 
-# ccxt adds these to placements when not in sandbox mode (EXCHANGES.md §6): tolerated everywhere.
+# ccxt adds these to placements when not in sandbox mode (docs/exchanges.md): tolerated everywhere.
 TOLERATED = frozenset({"broker_id", "brokerId"})
 
 

@@ -133,8 +133,8 @@ async def handle(sim: SimulatedExchange, request: web.Request) -> web.StreamResp
         sim.counters.answer(status, -1000)
         return json_response(status, error)
     if lose is not None:
-        # The order exists now; the client never learns it (EXCHANGES.md "dropped responses after the
-        # order was accepted").
+        # The order exists now; the client never learns it. A lookup by client order id, and Seawall's
+        # dedup, exist for this case (docs/exchanges.md).
         sim.counters.drop("lost")
         if lose.lose_mode == "504":
             return web.Response(status=504)

@@ -2,7 +2,7 @@
 
 Orderly and WOO X v1 use snake_case (`order_type`, `order_price`, `order_quantity`, `client_order_id`);
 WOO X v3 uses camelCase (`type`, `price`, `quantity`, `clientOrderId`). Client ids differ too
-(EXCHANGES.md §4.2): Orderly takes a string of at most 36 characters not starting with '-'; WOO X an
+(docs/exchanges.md): Orderly takes a string of at most 36 characters not starting with '-'; WOO X an
 integer 0…2^63-1 where 0 means "none".
 """
 

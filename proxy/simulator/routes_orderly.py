@@ -1,8 +1,9 @@
-"""The Orderly REST surface: paths, limits and answer shapes (EXCHANGES.md §1.1, §3.5, §4.3).
+"""The Orderly REST surface: paths, limits and answer shapes (docs/exchanges.md, Orderly).
 
 Success answers are ``{"success": true, "data": {...}, "timestamp": <ms>}``. Limits are counted per
 Orderly key ("Rate limits are counted per Orderly Key", ORDERLY-DOCS introduction), public ones per IP.
-These cover what ccxt `woofipro` calls for markets, currencies, balance and the order life cycle.
+These cover what ccxt `woofipro` calls for markets, currencies, balance and the order life cycle;
+market data (order book, trades, klines, futures tickers) comes from routes_market.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from proxy.simulator.book import Book, Order
 from proxy.simulator.errors import SimError
 from proxy.simulator.ledger import Ledger
 from proxy.simulator.limits import LimitRule
+from proxy.simulator.market import Market
 from proxy.simulator.placement import ORDERLY, client_order_id, order_request
+from proxy.simulator.routes_market import ORDERLY_RULES as MARKET_RULES
+from proxy.simulator.routes_market import orderly_routes as market_routes
 from proxy.simulator.routing import Route, RuleUse, SimRequest
 from proxy.simulator.signing import now_ms
 
@@ -33,9 +37,10 @@ RULES = [
     LimitRule("holding", 10, 1.0, "key"),
     LimitRule("client_info", 10, 60.0, "key"),
     LimitRule("positions", 30, 10.0, "key"),
-    # Not in the published table [I]: a generous default so they are limited at all.
+    # Not in the published table (an assumption): a generous default so they are limited at all.
     LimitRule("settlement", 10, 1.0, "key"),
     LimitRule("liquidation", 10, 1.0, "key"),
+    *MARKET_RULES,
 ]
 
 _TOKEN_ROW = {
@@ -302,6 +307,7 @@ def build_routes(book: Book, ledger: Ledger) -> list[Route]:
         ),
         Route("POST", "/v1/settle_pnl", "settlement.settle_pnl", settle_pnl, limits=(RuleUse("settlement"),)),
         Route("POST", "/v1/liquidation", "liquidation.claim", liquidation, limits=(RuleUse("liquidation"),)),
+        *market_routes(Market(book)),
     ]
 
 

@@ -1,8 +1,9 @@
 """The WOO X REST surface, v1 (flat answers, seconds-string timestamps) and v3 ({success, data, timestamp}).
 
-Limits (EXCHANGES.md §3.1-3.3): public per IP; private per account — every key of an account shares
+Limits (docs/exchanges.md): public per IP; private per account — every key of an account shares
 them; order placement also per symbol (v1 10/s, v3 5/s); the v1 cancels by id and by client id share
-one 10/s bucket. Paths cover ccxt `woo` (v3 trading, v1 token lists) and hummingbot (v1 trading).
+one 10/s bucket. Paths cover ccxt `woo` (v3 trading, v1 token lists) and hummingbot (v1 trading);
+market data in both versions comes from routes_market.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from proxy.simulator.book import Book, Order
 from proxy.simulator.errors import SimError
 from proxy.simulator.ledger import Ledger
 from proxy.simulator.limits import LimitRule
+from proxy.simulator.market import Market
 from proxy.simulator.placement import WOOX_V1, client_order_id, order_request
+from proxy.simulator.routes_market import woox_v1_routes, woox_v3_routes
 from proxy.simulator.routes_woox_v3 import v3_routes
 from proxy.simulator.routing import Route, RuleUse, SimRequest
 from proxy.simulator.signing import now_ms
@@ -36,14 +39,14 @@ RULES = [
     LimitRule("v3_balances", 10, 1.0, "account"),
     LimitRule("positions", 30, 10.0, "account"),
     LimitRule("client_info", 10, 60.0, "account"),
-    LimitRule("withdraw", 10, 1.0, "account"),  # not published [I]
+    LimitRule("withdraw", 10, 1.0, "account"),  # not published: an assumption
 ]
 
 _TOKENS = {"BTC": ("Bitcoin", "BTC", 8), "ETH": ("Ethereum", "ETH", 18), "USDT": ("Tether", "ETH", 6)}
 
 
 def seconds(ms: int) -> str:
-    """v1 times are seconds with decimals, as strings: "1639980423.855" (EXCHANGES.md §8)."""
+    """v1 times are seconds with decimals, as strings: "1639980423.855"."""
     return f"{ms / 1000:.3f}"
 
 
@@ -275,4 +278,5 @@ def build_routes(book: Book, ledger: Ledger) -> list[Route]:
         Route("GET", "/v1/position/{symbol}", "positions", position, limits=(RuleUse("positions"),)),
         Route("POST", "/v1/asset/withdraw", "settlement.withdraw", withdraw, limits=(RuleUse("withdraw"),)),
     ]
-    return v1 + v3_routes(book, account)
+    market = Market(book)
+    return v1 + v3_routes(book, account) + woox_v1_routes(market) + woox_v3_routes(market)

@@ -1,6 +1,6 @@
 """WOO X v3 endpoints (developer.woox.io): JSON bodies, camelCase, ``{success, data, timestamp}``.
 
-What ccxt `woo` calls (EXCHANGES.md §6): `/v3/public/instruments`, `/v3/public/systemInfo`,
+What ccxt `woo` calls (docs/exchanges.md): `/v3/public/instruments`, `/v3/public/systemInfo`,
 `/v3/trade/order` (POST/GET/DELETE), `/v3/trade/orders`, `/v3/trade/allOrders`, `/v3/asset/balances`,
 `/v3/futures/positions`, `/v3/account/info`. Order times are seconds strings as in ccxt's recorded answers.
 """

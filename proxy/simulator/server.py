@@ -13,6 +13,7 @@ nothing of the proxy: it imports only `proxy.catalog` (the shared error table).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
@@ -31,14 +32,20 @@ from proxy.simulator.errors import SimError
 from proxy.simulator.faults import Fault, FaultInjector
 from proxy.simulator.ledger import Ledger
 from proxy.simulator.limits import SlidingWindowLimiter, apply_overrides
+from proxy.simulator.market import Market
 from proxy.simulator.pipeline import handle
+from proxy.simulator.private_stream import PRIVATE_PATH, PrivateStreamHub
 from proxy.simulator.routing import Router
+from proxy.simulator.stream import PATH as STREAM_PATH
+from proxy.simulator.stream import StreamHub, StreamSettings
 from proxy.simulator.symbols import SymbolInfo, default_balances, default_symbols
 
 
 class Simulator:
     """The exchange. `limits` overrides documented limits by rule name (`{"order_create": 3}` or
-    `{"order_create": (3, 0.5)}`); `clock` (monotonic seconds) drives rate windows and fault durations."""
+    `{"order_create": (3, 0.5)}`); `clock` (monotonic seconds) drives rate windows and fault durations;
+    `stream` sets the WebSockets' intervals and caps (stream_socket.py): the public market-data stream
+    (stream.py) and the private order stream (private_stream.py)."""
 
     def __init__(
         self,
@@ -51,6 +58,7 @@ class Simulator:
         timestamp_window_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         catalog: ErrorCatalog | None = None,
+        stream: StreamSettings | None = None,
     ) -> None:
         self.demo_credentials: Credentials | None = None
         if accounts is None:
@@ -72,6 +80,8 @@ class Simulator:
         self.faults = FaultInjector(clock)
         self.auth = Authenticator(self.registry, int(timestamp_window_s * 1000))
         self.counters = Counters()
+        self.stream = StreamHub(Market(self.book), profile, stream)
+        self.private_stream = PrivateStreamHub(self.book, self.auth, profile, stream)
         self.host = "127.0.0.1"
         self.port: int | None = None
         self.stopping = asyncio.Event()
@@ -88,7 +98,11 @@ class Simulator:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on host:port (0 = an ephemeral port, then read `.port` / `.base_url`)."""
         app = web.Application()
+        app.router.add_get(STREAM_PATH, self.stream.handle)
+        app.router.add_get(PRIVATE_PATH, self.private_stream.handle)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app.on_shutdown.append(lambda _app: self.stream.close_all())
+        app.on_shutdown.append(lambda _app: self.private_stream.close_all())
         self.stopping = asyncio.Event()
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -138,6 +152,8 @@ class Simulator:
         self.faults.clear()
         self.faults.applied.clear()
         self.counters.reset()
+        self.stream.reset()
+        self.private_stream.reset()
 
     def orders(self, account_id: str | None = None) -> list[Order]:
         return [o for o in self.book.all_orders() if account_id is None or o.account_id == account_id]
@@ -204,6 +220,8 @@ class Simulator:
             "max_in_window": self.limiter.max_in_window(),
             "max_attempted_in_window": self.limiter.max_attempted_in_window(),
             "rejected_by_rule": self.limiter.rejected(),
+            "stream": self.stream.snapshot(),
+            "private_stream": self.private_stream.snapshot(),
         }
 
     def info(self) -> dict[str, Any]:
@@ -218,6 +236,11 @@ class Simulator:
             "symbols": {
                 name: {**info.filter_fields(), "mid": float(info.mid)}
                 for name, info in self.book.symbols.items()
+            },
+            "stream": {"path": "/ws/stream/{id}", **dataclasses.asdict(self.stream.settings)},
+            "private_stream": {
+                "path": "/v2/ws/private/stream/{id}",
+                "topics": list(self.private_stream.topics),
             },
         }
 

@@ -3,7 +3,7 @@
 Both halves live here so a client (tests, demo bots) and the simulator can never disagree about a
 message format. Everything works on bytes and plain strings: no HTTP library is imported.
 
-Formats (EXCHANGES.md §2):
+Formats (docs/exchanges.md, with sources):
 - Orderly: ed25519 over ``timestamp + METHOD + path[?query] + body``; key ``ed25519:<base58 public>``;
   signature base64url without padding (ccxt) or standard base64 with padding (Orderly's connector).
 - WOO X v1: hex HMAC-SHA256 over sorted ``k=v&...`` params + ``|`` + timestamp.
@@ -134,7 +134,7 @@ def orderly_headers(
         "orderly-timestamp": str(ts),
         "orderly-signature": orderly_signature(secret, message, standard_base64=standard_base64),
     }
-    # Orderly docs: JSON for POST/PUT, form-urlencoded for GET/DELETE (EXCHANGES.md §2.4).
+    # Orderly docs: JSON for POST/PUT, form-urlencoded for GET/DELETE (docs/exchanges.md).
     headers["content-type"] = (
         "application/json" if method.upper() in ("POST", "PUT") else "application/x-www-form-urlencoded"
     )
@@ -218,7 +218,7 @@ def decode_orderly_public_key(key: str) -> Ed25519PublicKey:
 
 def target_variants(path_with_query: str) -> list[str]:
     """The request target as received, and its query percent-decoded: both ccxt and Orderly's connector
-    sign the query unencoded and send it encoded (EXCHANGES.md §2.4), so the exchange must accept either."""
+    sign the query unencoded and send it encoded (docs/exchanges.md), so the exchange must accept either."""
     path, sep, query = path_with_query.partition("?")
     variants = [path_with_query]
     if sep:
@@ -247,7 +247,7 @@ def verify_orderly(
 
 
 def _same_hex(expected: str, received: str) -> bool:
-    # ccxt sends lower-case hex, hummingbot and WOO's sample MM upper-case (EXCHANGES.md §2.1).
+    # ccxt sends lower-case hex, hummingbot and WOO's sample MM upper-case (docs/exchanges.md).
     return hmac.compare_digest(expected, received.strip().lower())
 
 

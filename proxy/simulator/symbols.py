@@ -1,10 +1,10 @@
 """Symbols with the exchange's published filter fields, and the order filters they imply.
 
-Field names and rules are the ones `GET /v1/public/info` documents (EXCHANGES.md §4.1, §8): price within
+Field names and rules are the ones `GET /v1/public/info` documents (docs/exchanges.md): price within
 [quote_min, quote_max] on the quote_tick grid (-1103), quantity within [base_min, base_max] on base_tick
 (-1104), price * quantity >= min_notional (-1102), price no further than price_range beyond the mid on
 the taking side and no further than price_scope from the mid either way (-1105). The numbers below are
-realistic for each market but not copied from a live exchange [I].
+realistic for each market but not copied from a live exchange.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Policy state behind small interfaces: in memory today, shared (Redis) later."""
+"""Policy state behind small interfaces: in this process, or in Redis for every replica, chosen once in
+`backends.py`. State modules decide and report; the policies answer bots."""

@@ -1,4 +1,4 @@
-"""Circuit-breaker state: where a breaker scope's numbers live (memory today, Redis later).
+"""Circuit-breaker state: where a breaker scope's numbers live, behind a small interface.
 
 pybreaker runs the state machine (closed -> open -> half-open) over a `CircuitBreakerStorage`: state,
 consecutive failures, successes, `opened_at`. Seawall keeps four more facts per scope in the same storage,
@@ -7,7 +7,7 @@ so one backend holds all of them:
   wall-clock datetime (whole seconds in its Redis storage) compared with `datetime.now()` inside `call()`:
   too coarse for sub-second reset timeouts and not injectable in tests.
 - `epoch`: bumped on every opening, so the late answer of a request admitted before it is told apart
-  (PITFALLS.md: a late failure must not extend the open period, nor a late success close it).
+  (a late failure must not extend the open period, nor a late success close it).
 - `trip_code`: the exchange code of the failure that opened it; local answers repeat it.
 - the half-open probe claim: pybreaker lets every concurrent call through in half-open (measured: 20 of
   20 concurrent `calling()` blocks), so the claim is a state fact a shared backend must make atomic.
@@ -17,8 +17,12 @@ reads and writes its storage synchronously, so a shared backend (proxy/state/bre
 local storage for pybreaker and exchanges the shared facts at the two points where the policy awaits
 anyway: `sync(now)` before admission (pull what other replicas did) and `publish(now)` after an answer
 (push an opening or a closing); `claim_probe` is async because across replicas it is an atomic round
-trip. (PITFALLS.md: pybreaker's own `CircuitRedisStorage` blocks the loop ~190 µs per call and stalled
-~4.9 s with Redis down.) In memory these are no-ops that never suspend, so admission stays atomic.
+trip. (pybreaker's own `CircuitRedisStorage` is synchronous: measured, it blocks the loop ~190 µs per
+call and stalled ~4.9 s with Redis down.) In memory these are no-ops that never suspend, so admission
+stays atomic.
+
+`MemoryBreakerStore` (here) and `RedisBreakerStore` (`breaker_redis.py`) implement the interface;
+`proxy/state/backends.py` picks one. Neither imports the policy, its errors or its metrics.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ from pybreaker import STATE_CLOSED, CircuitBreakerStorage, CircuitMemoryStorage
 
 
 class BreakerScopeStorage(CircuitBreakerStorage):
+    """pybreaker's storage plus what Seawall needs to drive it from asyncio (see the module docstring)."""
+
     # False where `sync`/`publish` are no-ops (memory): the policy then skips them on the hot path.
     shared: bool = True
-
-    """pybreaker's storage plus what Seawall needs to drive it from asyncio (see the module docstring)."""
 
     @property
     @abstractmethod
@@ -84,8 +88,9 @@ class BreakerStateStore(Protocol):
 
 
 class MemoryScopeStorage(CircuitMemoryStorage, BreakerScopeStorage):
-    shared = False
     """One scope's state in process memory."""
+
+    shared = False
 
     def __init__(self) -> None:
         super().__init__(STATE_CLOSED)

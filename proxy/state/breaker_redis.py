@@ -1,8 +1,8 @@
 """Circuit-breaker state shared by every replica through Redis (the `BreakerStateStore` interface).
 
 pybreaker drives each scope's state machine locally, on a `MemoryScopeStorage` (its storage interface is
-synchronous: PITFALLS.md). What replicas share is a few facts per breaker scope, one Redis hash
-`<prefix>breaker:<rule>:<scope digest>` (the scope is a SHA-256 of the account or key, never the key):
+synchronous, so it cannot wait for Redis). What replicas share is a few facts per breaker scope, one Redis
+hash `<prefix>breaker:<rule>:<scope digest>` (the scope is a SHA-256 of the account or key, never the key):
 `epoch` (openings so far), `state` (`open` or `closed`), `until` (end of the open period, Redis server
 milliseconds: replicas never compare their own clocks), `code` (the code that tripped it); and the
 half-open probe claim, `<...>:probe`, a key set with NX and a TTL.

@@ -6,7 +6,12 @@ without touching the policy: on Redis (proxy/state/dedup_redis.py), `claim` is o
 in-flight record with a lock TTL, else return the record), `settle` rewrites the record with the entry
 TTL (or deletes it) and publishes the settlement to waiting twins, and `wait` listens and polls until the
 record leaves the in-flight state. That backend keeps a `MemoryDedupState` as its fallback and as this
-replica's copy of what it settled (`peek` and `keep` below).
+replica's copy of what it settled (`peek`, `keep` and `forget` below).
+
+One rule lives here rather than in the policy because it must be decided in the same atomic step as the
+claim: a `refused` entry (the exchange refused the request and executed nothing) holds its identity only
+against its own payload. A claim with another fingerprint takes the identity over — the refused entry is
+replaced by the new claim in flight — so two corrected retries cannot both be sent (`takes_over`).
 
 Identities and fingerprints arrive already hashed: no API key or raw client order id is ever stored.
 """
@@ -25,8 +30,17 @@ from multidict import CIMultiDict
 from proxy.answer import Answer
 from proxy.errors import SeawallError
 
-EntryState = Literal["in_flight", "stored", "unknown"]
-Kept = Literal["stored", "unknown"]
+EntryState = Literal["in_flight", "stored", "refused", "unknown"]
+# stored: a settled answer (a success, or the exchange's own duplicate -1007); refused: an answer where
+# the exchange executed nothing (the bot's mistake); unknown: sent, but the answer was lost.
+Kept = Literal["stored", "refused", "unknown"]
+ANSWERED: frozenset[str] = frozenset({"stored", "refused"})  # kept entries that hold an answer to replay
+
+
+def takes_over(state: EntryState, held_fingerprint: str, fingerprint: str) -> bool:
+    """Whether a claim with `fingerprint` replaces the entry that holds its identity: only a refusal, and
+    only for another payload (an identical twin gets the refusal replayed)."""
+    return state == "refused" and held_fingerprint != fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +72,8 @@ class Entry:
 
     state: EntryState
     fingerprint: str  # hash of the canonical payload of the request that claimed the identity
-    answer: StoredAnswer | None = None  # set when state == "stored"
+    answer: StoredAnswer | None = None  # set when state is "stored" or "refused"
+    expires_in: float | None = None  # seconds a kept entry has left (None: in flight, or not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,28 +88,35 @@ class Settlement:
 
 
 class DedupState(Protocol):
+    """Where dedup entries live; every call is one atomic decision (see the module docstring)."""
+
+    backend: str  # "memory" or "redis", for /status
+
     async def claim(self, identity: str, fingerprint: str) -> Entry | None:
         """Take `identity` for this request, or return the live entry that holds it.
 
-        None means the caller now owns the identity and must `settle` it exactly once.
+        None means the caller now owns the identity and must `settle` it exactly once. A `refused` entry
+        with another fingerprint does not hold the identity: it is replaced by this claim (`takes_over`).
         """
         ...
 
-    async def wait(self, identity: str) -> Settlement | None:
-        """Wait until the in-flight owner of `identity` settles and return its settlement.
+    async def wait(self, identity: str, fingerprint: str) -> Settlement | None:
+        """Wait until the in-flight owner of `identity` with payload `fingerprint` settles and return its
+        settlement.
 
         Cancelling the waiter never affects the owner or other waiters. None means the identity is no
-        longer held by a request in flight and holds no stored answer: the caller should claim again.
+        longer held by a request in flight with this payload and holds no answer for it (it was dropped,
+        held as unknown, or taken over by another payload): the caller should claim again.
         """
         ...
 
     async def settle(self, identity: str, settlement: Settlement, keep: Kept | None, ttl: float) -> None:
-        """End the owner's claim: keep the entry for `ttl` seconds as `stored` or `unknown`, or drop it
-        (keep=None, a transient failure), and hand `settlement` to every waiting twin."""
+        """End the owner's claim: keep the entry for `ttl` seconds as `stored`, `refused` or `unknown`, or
+        drop it (keep=None, a transient failure), and hand `settlement` to every waiting twin."""
         ...
 
     def counts(self) -> dict[str, int]:
-        """Live entries by state (in_flight, stored, unknown) and in total, for `/status`."""
+        """Live entries by state (in_flight, stored, refused, unknown) and in total, for `/status`."""
         ...
 
     def size(self) -> int:
@@ -130,6 +152,8 @@ class MemoryDedupState:
     expiry) or when its turn at the front comes.
     """
 
+    backend = "memory"
+
     def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._max_entries = max_entries
         self._clock = clock
@@ -144,7 +168,9 @@ class MemoryDedupState:
             return Entry("in_flight", flight.fingerprint)
         kept = self._live(identity, now)
         if kept is not None:
-            return Entry(kept.state, kept.fingerprint, kept.answer)
+            if not takes_over(kept.state, kept.fingerprint, fingerprint):
+                return Entry(kept.state, kept.fingerprint, kept.answer, kept.expires_at - now)
+            del self._kept[identity]  # a refusal of another payload: this request takes the identity over
         self._in_flight[identity] = _InFlight(fingerprint, asyncio.get_running_loop().create_future())
         self._enforce_cap()
         return None
@@ -154,24 +180,33 @@ class MemoryDedupState:
         flight = self._in_flight.get(identity)
         if flight is not None:
             return Entry("in_flight", flight.fingerprint)
-        kept = self._live(identity, self._clock())
-        return None if kept is None else Entry(kept.state, kept.fingerprint, kept.answer)
+        now = self._clock()
+        kept = self._live(identity, now)
+        if kept is None:
+            return None
+        return Entry(kept.state, kept.fingerprint, kept.answer, kept.expires_at - now)
+
+    def forget(self, identity: str) -> None:
+        """Drop the kept entry of `identity` (a claim in flight stays)."""
+        self._kept.pop(identity, None)
 
     def keep(
         self, identity: str, fingerprint: str, state: Kept, answer: StoredAnswer | None, ttl: float
     ) -> None:
-        """Hold `identity` as `stored` or `unknown` for `ttl` seconds (a settled claim, or a copy of one)."""
+        """Hold `identity` as `state` for `ttl` seconds (a settled claim, or a copy of one)."""
         self._kept[identity] = _Kept(state, fingerprint, answer, self._clock() + ttl)
         self._kept.move_to_end(identity)
         self._enforce_cap()
 
-    async def wait(self, identity: str) -> Settlement | None:
+    async def wait(self, identity: str, fingerprint: str) -> Settlement | None:
         flight = self._in_flight.get(identity)
         if flight is None:
             kept = self._live(identity, self._clock())
-            if kept is None or kept.state != "stored":
+            if kept is None or kept.state not in ANSWERED or kept.fingerprint != fingerprint:
                 return None
             return Settlement(answer=kept.answer)
+        if flight.fingerprint != fingerprint:
+            return None  # another payload took the identity over: not the answer this twin waits for
         # Shielded: a cancelled waiter (its bot hung up) must not cancel the future every twin awaits.
         return await asyncio.shield(flight.done)
 
@@ -180,24 +215,20 @@ class MemoryDedupState:
         if flight is None:
             return
         if keep is not None:
-            self.keep(
-                identity, flight.fingerprint, keep, settlement.answer if keep == "stored" else None, ttl
-            )
+            answer = settlement.answer if keep in ANSWERED else None
+            self.keep(identity, flight.fingerprint, keep, answer, ttl)
         if not flight.done.done():
             flight.done.set_result(settlement)
 
     def counts(self) -> dict[str, int]:
         now = self._clock()
         self._expire(now)
-        stored = sum(1 for kept in self._kept.values() if kept.state == "stored" and kept.expires_at > now)
-        unknown = sum(1 for kept in self._kept.values() if kept.state == "unknown" and kept.expires_at > now)
+        kept: dict[str, int] = {"stored": 0, "refused": 0, "unknown": 0}
+        for entry in self._kept.values():
+            if entry.expires_at > now:
+                kept[entry.state] += 1
         in_flight = len(self._in_flight)
-        return {
-            "entries": in_flight + stored + unknown,
-            "in_flight": in_flight,
-            "stored": stored,
-            "unknown": unknown,
-        }
+        return {"entries": in_flight + sum(kept.values()), "in_flight": in_flight, **kept}
 
     def size(self) -> int:
         return len(self._in_flight) + len(self._kept)

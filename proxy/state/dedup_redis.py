@@ -4,12 +4,18 @@ Implements `DedupState` (proxy/state/dedup.py), so `DedupPolicy` is the same for
 
 One identity is one Redis hash, `<prefix>dedup:<identity>`; identities are already SHA-256 digests of
 (kind, account, id), so no API key, account or client order id appears in a key name or value. Fields:
-`s` state (`f` in flight, `s` stored, `u` unknown), `fp` payload fingerprint, `o` owner token, `w` set when
-a twin waits, `m` answer metadata (JSON: status, headers, reason, code, name) and `b` the body, raw bytes.
+`s` state (`f` in flight, `s` answer stored, `u` unknown), `r` set when the stored answer is a refusal,
+`fp` payload fingerprint, `o` owner token, `w` set when a twin waits, `m` answer metadata (JSON: status,
+headers, reason, code, name) and `b` the body, raw bytes. A refusal is a stored answer plus the `r` flag
+(not a state of its own) so that a replica of an older version, during a rolling upgrade, reads it as a
+plain stored answer: it replays it to identical twins and refuses other payloads, as it always did.
 
 Guarantees, across replicas:
 - **Atomic claim.** `claim` is one Lua script: return the record if there is one, else write an in-flight
   record with a lock TTL (`dedup.lock_ttl`). No two replicas forward the same identity while it is held.
+  A refusal held against another payload is replaced by the new in-flight record in that same script, so
+  of two corrected retries on two replicas exactly one takes the identity over; the other finds it in
+  flight with the first one's payload (a conflict, or its twin).
 - **A dead owner does not block retries.** The owner refreshes its locks every `lock_ttl / 3` while its
   request runs; if its replica dies, the record expires within `lock_ttl` and the next request claims the
   identity and is forwarded. An in-flight record carries no answer, and a stored answer is written in one
@@ -20,17 +26,22 @@ Guarantees, across replicas:
   `<prefix>dedup:settled`, which wakes it. It also re-reads the record every `POLL_INTERVAL` (a missed
   message: pub/sub is fire-and-forget) and gives up after `wait_limit` (the upstream timeout plus the lock
   TTL) with a transient -1011, so it never hangs. A missed message about a transient failure makes the
-  twin claim again and send once more — the same as the bot's own retry would.
+  twin claim again and send once more — the same as the bot's own retry would. Messages and waiters are
+  matched on identity *and* fingerprint: a twin never receives the answer to another payload that took
+  the identity over after a refusal. (A replica of an older version publishes without the fingerprint;
+  its messages are ignored here and the poll picks the answer up instead, and the other way round.)
 - **Conflicts** (same identity, other payload) are seen on every replica: the fingerprint is in the record.
 - **Memory** is bounded by Redis TTLs: every record expires (`lock_ttl` in flight, the rule's TTL once
-  settled). `max_entries` bounds only this replica's memory: the local fallback and the local copy of
-  answers it settled. Size Redis `maxmemory` for (identities per second x TTL x answer size) and use
-  `maxmemory-policy volatile-lru`: `noeviction` turns a full Redis into errors (the link goes down and
-  replicas dedup locally), and `volatile-ttl` would evict in-flight claims (shortest TTL) first.
+  settled, `dedup.unknown_ttl` when the outcome is unknown). `max_entries` bounds only this replica's
+  memory: the local fallback and the local copy of answers it settled. Size Redis `maxmemory` for
+  (identities per second x TTL x answer size) and use `maxmemory-policy volatile-lru`: `noeviction`
+  turns a full Redis into errors (the link goes down and replicas dedup locally), and `volatile-ttl`
+  would evict in-flight claims (shortest TTL) first.
 
 This replica keeps a copy of every entry it settles (`MemoryDedupState.keep`), so its own retries replay
 without a round trip and `/status` counts what this replica holds (entries settled elsewhere are not
-counted: counting Redis would need a scan).
+counted: counting Redis would need a scan). A copy of a refusal answers only its identical twin; a request
+with another payload drops the copy and claims on Redis, where the takeover is decided for every replica.
 
 **Redis unreachable or slow** (`RedisLink.call` failed, or the link is down): dedup always falls back to
 the local memory state — `state.redis.on_unavailable: fail_closed` applies to rate limits only. New
@@ -55,32 +66,51 @@ import orjson
 from redis.exceptions import RedisError
 
 from proxy import errors
-from proxy.state.dedup import Entry, Kept, MemoryDedupState, Settlement, StoredAnswer
+from proxy.state.dedup import (
+    ANSWERED,
+    Entry,
+    Kept,
+    MemoryDedupState,
+    Settlement,
+    StoredAnswer,
+    takes_over,
+)
 from proxy.state.redis_link import RedisLink, StateUnavailableError
 
 POLL_INTERVAL = 0.1  # a waiter re-reads the record this often, in case the pub/sub message was missed
 
-# KEYS[1] record; ARGV fingerprint, owner token, lock TTL ms. Nil: claimed. Else the record (HGETALL).
+# KEYS[1] record; ARGV fingerprint, owner token, lock TTL ms. Nil: claimed — also when the record is a
+# refusal (`r`) of another payload, which this claim replaces. Else the record (HGETALL) followed by
+# TTL_FIELD and its remaining TTL in ms.
 CLAIM = """
-local record = redis.call('HGETALL', KEYS[1])
-if #record > 0 then
-  if redis.call('HGET', KEYS[1], 's') == 'f' then redis.call('HSET', KEYS[1], 'w', '1') end
+local state = redis.call('HGET', KEYS[1], 's')
+local replaced = redis.call('HGET', KEYS[1], 'r') and redis.call('HGET', KEYS[1], 'fp') ~= ARGV[1]
+if state and not replaced then
+  if state == 'f' then redis.call('HSET', KEYS[1], 'w', '1') end
+  local record = redis.call('HGETALL', KEYS[1])
+  record[#record + 1] = '~ttl'
+  record[#record + 1] = redis.call('PTTL', KEYS[1])
   return record
 end
+redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 's', 'f', 'fp', ARGV[1], 'o', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return false
 """
+TTL_FIELD = b"~ttl"
 
-# KEYS[1] record; ARGV token, keep ('' drop, 's', 'u'), TTL ms, fingerprint, meta, body, channel, message.
-# Only the owner settles (its lock may have expired and been taken by another replica meanwhile).
+# KEYS[1] record; ARGV token, keep ('' drop, 's' stored, 'r' refused, 'u' unknown), TTL ms, fingerprint,
+# meta, body, channel, message. Only the owner settles (its lock may have expired and been taken by
+# another replica meanwhile).
 SETTLE = """
 local owner = redis.call('HGET', KEYS[1], 'o')
 if owner and owner ~= ARGV[1] then return 0 end
 local waited = redis.call('HGET', KEYS[1], 'w')
 redis.call('DEL', KEYS[1])
 if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 's', ARGV[2], 'fp', ARGV[4], 'o', ARGV[1], 'm', ARGV[5], 'b', ARGV[6])
+  local state = ARGV[2] == 'r' and 's' or ARGV[2]
+  redis.call('HSET', KEYS[1], 's', state, 'fp', ARGV[4], 'o', ARGV[1], 'm', ARGV[5], 'b', ARGV[6])
+  if ARGV[2] == 'r' then redis.call('HSET', KEYS[1], 'r', '1') end
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 if waited then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
@@ -98,6 +128,7 @@ return 0
 """
 
 STATES: dict[bytes, Kept] = {b"s": "stored", b"u": "unknown"}
+KEEP_ARGS: dict[Kept, bytes] = {"stored": b"s", "refused": b"r", "unknown": b"u"}
 
 
 def encode_settlement(settlement: Settlement) -> tuple[bytes, bytes]:
@@ -140,6 +171,8 @@ class _Owned:
 class RedisDedupState:
     """`DedupState` on Redis (see the module docstring), falling back to `local` when Redis fails."""
 
+    backend = "redis"
+
     def __init__(
         self, link: RedisLink, local: MemoryDedupState, *, lock_ttl: float, wait_limit: float
     ) -> None:
@@ -153,8 +186,9 @@ class RedisDedupState:
         self._settle = link.client.register_script(SETTLE)
         self._refresh = link.client.register_script(REFRESH)
         self._owned: dict[str, _Owned] = {}
-        self._watched: dict[str, asyncio.Future[Settlement]] = {}
-        self._watchers: dict[str, int] = {}
+        # Twins waiting on another replica's claim, by (identity, fingerprint).
+        self._watched: dict[tuple[str, str], asyncio.Future[Settlement]] = {}
+        self._watchers: dict[tuple[str, str], int] = {}
         self._link_up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.fallbacks = 0  # decisions taken on local state because Redis failed
@@ -168,7 +202,10 @@ class RedisDedupState:
     async def claim(self, identity: str, fingerprint: str) -> Entry | None:
         entry = self._local.peek(identity)  # a local fallback claim, or a copy of an entry settled here
         if entry is not None:
-            return entry
+            if not takes_over(entry.state, entry.fingerprint, fingerprint):
+                return entry
+            # A refusal of another payload: the takeover is decided where every replica sees it.
+            self._local.forget(identity)
         owned = self._owned.get(identity)
         if owned is not None:
             return Entry("in_flight", owned.fingerprint)
@@ -191,19 +228,25 @@ class RedisDedupState:
         state = STATES.get(fields[b"s"])
         if state is None:
             return Entry("in_flight", fingerprint_held)
+        if state == "stored" and b"r" in fields:
+            state = "refused"
+        left_ms = fields.get(TTL_FIELD)
+        expires_in = left_ms / 1000 if isinstance(left_ms, int) and left_ms >= 0 else None
         answer = None
-        if state == "stored":
+        if state in ANSWERED:
             answer = decode_settlement(fields[b"m"], fields.get(b"b", b"")).answer
-        return Entry(state, fingerprint_held, answer)
+        return Entry(state, fingerprint_held, answer, expires_in)
 
-    async def wait(self, identity: str) -> Settlement | None:
+    async def wait(self, identity: str, fingerprint: str) -> Settlement | None:
         owned = self._owned.get(identity)
         if owned is not None:
+            if owned.fingerprint != fingerprint:
+                return None
             # Shielded: a cancelled waiter (its bot hung up) must not cancel what every twin awaits.
             return await asyncio.shield(owned.done)
         if self._local.peek(identity) is not None:
-            return await self._local.wait(identity)
-        return await self._wait_remote(identity)
+            return await self._local.wait(identity, fingerprint)
+        return await self._wait_remote(identity, fingerprint)
 
     async def settle(self, identity: str, settlement: Settlement, keep: Kept | None, ttl: float) -> None:
         owned = self._owned.get(identity)
@@ -216,8 +259,8 @@ class RedisDedupState:
         if not owned.done.done():
             owned.done.set_result(settlement)
         meta, body = encode_settlement(settlement)
-        stored = b"" if keep is None else keep[0].encode()
-        message = identity.encode() + b" " + meta + b"\n" + body
+        stored = b"" if keep is None else KEEP_ARGS[keep]
+        message = b" ".join((identity.encode(), owned.fingerprint.encode(), meta)) + b"\n" + body
         args: list[bytes | str | int] = [owned.token, stored, max(1, int(ttl * 1000)), owned.fingerprint]
         args += [meta, body, self._channel, message]
         try:
@@ -226,7 +269,7 @@ class RedisDedupState:
             self.fallbacks += 1  # kept here only; elsewhere the claim expires after its lock TTL
         finally:
             if keep is not None:
-                answer = settlement.answer if keep == "stored" else None
+                answer = settlement.answer if keep in ANSWERED else None
                 self._local.keep(identity, owned.fingerprint, keep, answer, ttl)
             self._owned.pop(identity, None)
 
@@ -260,24 +303,29 @@ class RedisDedupState:
 
     # -- waiting for another replica --------------------------------------------------------------------
 
-    async def _wait_remote(self, identity: str) -> Settlement | None:
+    async def _wait_remote(self, identity: str, fingerprint: str) -> Settlement | None:
         loop = asyncio.get_running_loop()
-        future = self._watched.get(identity)
+        watch = (identity, fingerprint)
+        future = self._watched.get(watch)
         if future is None:
-            future = self._watched[identity] = loop.create_future()
-        self._watchers[identity] = self._watchers.get(identity, 0) + 1
+            future = self._watched[watch] = loop.create_future()
+        self._watchers[watch] = self._watchers.get(watch, 0) + 1
         deadline = loop.time() + self._wait_limit
         try:
             while True:
                 try:
-                    record = await self._link.call(lambda r: r.hmget(self._key(identity), "s", "m", "b"))
+                    record = await self._link.call(
+                        lambda r: r.hmget(self._key(identity), "s", "fp", "m", "b")
+                    )
                 except StateUnavailableError:
                     self.fallbacks += 1
                     return None  # claim again: on local state now
-                state, meta, body = record
+                state, held, meta, body = record
+                if held != fingerprint.encode():
+                    return None  # gone, or taken over by another payload: claim again to learn which
                 if state != b"f":
-                    # Gone (expired, or a transient failure whose message we missed): claim again.
-                    # Unknown: claim again to be told so. Stored: its answer.
+                    # A transient failure whose message we missed (gone): claim again. Unknown: claim
+                    # again to be told so. Stored (a success or a refusal): its answer.
                     if state == b"s" and isinstance(meta, bytes):
                         return decode_settlement(meta, body if isinstance(body, bytes) else b"")
                     return None
@@ -293,17 +341,21 @@ class RedisDedupState:
                 except TimeoutError:
                     continue
         finally:
-            self._watchers[identity] -= 1
-            if not self._watchers[identity]:
-                del self._watchers[identity]
-                self._watched.pop(identity, None)
+            self._watchers[watch] -= 1
+            if not self._watchers[watch]:
+                del self._watchers[watch]
+                self._watched.pop(watch, None)
 
     def _deliver(self, message: bytes) -> None:
-        identity, _, rest = message.partition(b" ")
-        future = self._watched.get(identity.decode("ascii", "replace"))
+        """Hand a published settlement to the twins waiting for it. The message is identity, fingerprint
+        and metadata separated by spaces, then a newline and the body (metadata JSON has no newline)."""
+        head, _, body = message.partition(b"\n")
+        identity, _, rest = head.partition(b" ")
+        fingerprint, _, meta = rest.partition(b" ")
+        watch = (identity.decode("ascii", "replace"), fingerprint.decode("ascii", "replace"))
+        future = self._watched.get(watch)
         if future is None or future.done():
             return
-        meta, _, body = rest.partition(b"\n")
         # Not ours to understand: the waiter's poll reads the record instead.
         with contextlib.suppress(ValueError, KeyError, TypeError):
             future.set_result(decode_settlement(meta, body))

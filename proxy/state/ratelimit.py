@@ -4,32 +4,45 @@ A request admitted by a rule takes `cost` slots of its scope (a batch order cost
 and holds them from admission — just before the send — until `hold` seconds (the rule's window plus the
 margin) after its answer arrives. The exchange stamps a request somewhere between our send and its
 answer, so a slot held that long is out of the exchange's sliding window before anyone reuses it, whatever
-the latency (PITFALLS.md "Where the exchange's clock sees a request": a log stamped at send time earned 31
--1003s; holding until answer + window, 0). A scope with room is one with `used + cost <= limit` and no
-cool-down running.
+the latency (measured on loopback, 50 clients on one 10/s budget: a log stamped at send time let 31
+requests earn -1003; holding until answer + window, none). A scope with room is one with
+`used + cost <= limit` and no cool-down running.
 
 The interface, `RateLimitState`:
 - `acquire(claims, ahead, now)` takes the slots of every claim or of none (all-or-none across the rules
   a request touches). `ahead[i]` slots stay reserved for requests queued in front of this one in claim
   i's scope, so it is admitted only where they too still fit (FIFO, but a request waiting on another rule
-  does not block the others). Refused, it says per claim how long until it would fit (a lower bound);
+  does not block the others). Refused, it says per claim how long until it would fit (a lower bound:
+  `slot_wait`, which the Lua form in `ratelimit_redis_lua.py` mirrors). A state that cannot decide at all
+  (its shared store is unreachable and it is configured to fail closed) raises `SharedStateDown`; the
+  policy, not the state, turns that into the bot's answer;
 - `release(claims, now, ticket)` starts the hold-after-answer countdown of the slots an admitted
   verdict's `ticket` names; `cool_down(claims, until)` marks scopes full until `until` (the exchange
   answered -1003 anyway: someone else shares the key);
-- `usage(now)`, `busiest_share(rule, now)`, `drop_idle(now, idle_for)` for /status, metrics and memory.
+- `usage(now)`, `busiest_share(rule, now)`, `drop_idle(now, idle_for)`, `describe()` for /status, metrics
+  and bounded memory; `close()` once, after the last request.
 
 `MemoryRateLimitState` keeps it in this process. `RedisRateLimitState` (`ratelimit_redis.py`) keeps the
-same numbers per scope in Redis for every replica (in-flight slots, release times, a cool-down deadline)
-and makes `acquire` one atomic script over every claimed scope; the policy's queues stay per replica.
+same numbers per scope in Redis for every replica; `proxy/state/backends.py` picks one of them. This
+module imports nothing of the proxy: states report (a verdict, `SharedStateDown`), policies answer bots.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+
+class SharedStateDown(Exception):
+    """The state cannot decide: its shared store is unreachable and it must not decide alone (it is
+    configured to fail closed). `retry_after`: when the store is next tried, in seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("shared rate-limit state unreachable")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +75,9 @@ class ScopeUsage:
 
 
 class RateLimitState(Protocol):
-    async def acquire(self, claims: Sequence[Claim], ahead: Sequence[int], now: float) -> Verdict: ...
+    async def acquire(self, claims: Sequence[Claim], ahead: Sequence[int], now: float) -> Verdict:
+        """Take the slots of every claim or of none; may raise `SharedStateDown`."""
+        ...
 
     async def release(self, claims: Sequence[Claim], now: float, ticket: str = "") -> None: ...
 
@@ -73,6 +88,43 @@ class RateLimitState(Protocol):
     def busiest_share(self, rule: str, now: float) -> float: ...
 
     def drop_idle(self, now: float, idle_for: float) -> int: ...
+
+    def describe(self) -> dict[str, Any] | None:
+        """Where the state lives and how it decides now, for /status (None: nothing to say)."""
+        ...
+
+    async def close(self) -> None:
+        """Let what is under way finish; called once, after the last request."""
+        ...
+
+
+def slot_wait(
+    now: float, limit: int, hold: float, used: int, releases: Iterable[tuple[float, int]], needed: int
+) -> float:
+    """Lower bound on the seconds until the `needed`-th slot from now is free, in a scope of `limit` slots
+    with `used` in use, of which `releases` ((release time, slots), sorted) are held after their answer and
+    the rest in flight. Cool-downs are not counted here.
+
+    Slot i is next free at t_i (now if free, its release time if known, now + hold if its request is in
+    flight) and after each reuse at least `hold` later, so the k-th free moment is at least
+    sorted(t)[(k - 1) % limit] + ((k - 1) // limit) * hold. Slots over the limit (a limit lowered while
+    they were in use, another replica's different config, a local share seeded with more than its share)
+    free first.
+    """
+    needed += max(0, used - limit)
+    index, rounds = (needed - 1) % limit, (needed - 1) // limit
+    free = max(0, limit - used)
+    if index < free:
+        first = now
+    else:
+        index -= free
+        first = now + hold  # a slot whose request is in flight: free at least `hold` from now
+        for release, slots in releases:  # known releases are all before now + hold
+            if index < slots:
+                first = release
+                break
+            index -= slots
+    return max(first + rounds * hold - now, 0.0)
 
 
 @dataclass(slots=True)
@@ -97,32 +149,11 @@ class _Scope:
         self.releases.append((until, slots))
         self.releasing += slots
 
-    def wait(self, now: float, hold: float, slots_needed: int) -> float:
-        """Lower bound on the time until the `slots_needed`-th slot from now is free.
-
-        Slot i is next free at t_i (now if free, its release time if known, now + hold if its request
-        is in flight) and after each reuse at least `hold` later, so the k-th free moment is at least
-        sorted(t)[(k - 1) % limit] + ((k - 1) // limit) * hold.
-        """
-        used = self.used(now)
-        # Slots over the limit (a limit lowered in flight, a shared backend's late news) free first.
-        needed = slots_needed + max(0, used - self.limit)
-        index, rounds = (needed - 1) % self.limit, (needed - 1) // self.limit
-        free = max(0, self.limit - used)
-        if index < free:
-            first = now
-        else:
-            index -= free
-            first = now + hold  # a slot whose request is in flight: free at least `hold` from now
-            for release, slots in self.releases:  # known releases are all before now + hold
-                if index < slots:
-                    first = release
-                    break
-                index -= slots
-        wait = first + rounds * hold - now
-        if self.cooling_until > now:
-            wait = max(wait, self.cooling_until - now)
-        return max(wait, 0.0)
+    def wait(self, now: float, limit: int, hold: float, slots_needed: int) -> float:
+        """Lower bound on the time until `slots_needed` slots from now fit under `limit` (`slot_wait`),
+        and the cool-down is over."""
+        wait = slot_wait(now, limit, hold, self.used(now), self.releases, slots_needed)
+        return max(wait, self.cooling_until - now)
 
 
 MAX_SCOPES_PER_RULE = 50_000
@@ -194,7 +225,7 @@ class MemoryRateLimitState:
             if claim.cost > claim.limit:
                 waits.append(math.inf)  # can never fit: the exchange would refuse it too
             else:
-                waits.append(scope.wait(now, claim.hold, queued + claim.cost))
+                waits.append(scope.wait(now, claim.limit, claim.hold, queued + claim.cost))
         return Verdict(False, tuple(waits), tuple(scope.cooling_until > now for scope in scopes))
 
     async def release(self, claims: Sequence[Claim], now: float, ticket: str = "") -> None:
@@ -233,3 +264,9 @@ class MemoryRateLimitState:
         """Forget scopes that hold nothing and were last used `idle_for` ago. Lossless: a scope with no
         slot held and no cool-down running is the same as a scope never seen."""
         return forget_idle(self._rules, now, idle_for, _Scope.used)
+
+    def describe(self) -> dict[str, Any] | None:
+        return None  # /status shows no `state` block for the memory state
+
+    async def close(self) -> None:
+        return None

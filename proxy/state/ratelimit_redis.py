@@ -1,35 +1,32 @@
-"""Rate-limit state shared by every replica through Redis (PRODUCT.md §4 "Shared state").
+"""Rate-limit state shared by every replica through Redis: the decisions, and the switch to and from the
+local share.
 
 Guarantee: the slot accounting of `MemoryRateLimitState` (`ratelimit.py` says why slots are held from
 admission until one window + margin after the answer), kept once for all replicas, so ten bots behind
-three Seawalls spend one budget. Each decision is ONE atomic round trip: a Lua script, loaded once
-(EVALSHA), that takes the slots of every claimed scope or of none. Redis' own clock (TIME inside the
-scripts) stamps slots and cool-downs, so replicas whose clocks differ still agree on when a slot frees.
+three Seawalls spend one budget. Each decision is ONE atomic round trip: a Lua script
+(`ratelimit_redis_lua.py`), loaded once (EVALSHA), that takes the slots of every claimed scope or of none.
+Redis' own clock (TIME inside the scripts) stamps slots and cool-downs, so replicas whose clocks differ
+still agree on when a slot frees.
 
 Per scope three keys, named by a hash of the scope (it may contain an API key): the slots in flight (a
 sorted set scored by a safety expiry — admission + upstream timeout + hold — so a replica that dies
 mid-request cannot hold a slot forever), the slots held after their answer (scored by their release
 time), and the cool-down deadline. Every key expires when its last slot does (bounded memory).
+Releases go out in the background (`ratelimit_releases.py`); a cool-down is awaited, as the waiters it
+wakes must see it, and kept for Redis' return if it cannot be sent.
 
-A release is a second call, not a decision: it is queued and one background sender per replica sends
-what is queued in one call, so the answer is not delayed by it and a busy replica sends few calls. One
-that cannot reach Redis stays queued (counted in /status) and is sent when Redis is back; until then
-Redis still counts its slot in flight, which errs on the safe side.
-
-Redis unreachable or slow (`RedisLink` marks it down): with `on_unavailable: fail_closed` the request
-is answered -1003 locally (`StateUnavailable`); with `local_share` each replica decides on a local
-memory state whose limits are the budget divided by `state.redis.replicas` (floor, at least 1), first
-seeded with the slots this replica last saw in use in Redis (so the switch does not double the window).
-When Redis answers again, the local holds still running are handed over to it in one atomic call before
-any new decision is taken there (slots first seen in Redis only if it lost them in a restart), the
-local state is discarded and the releases kept meanwhile are sent.
+Redis unreachable or slow (`RedisLink` marks it down, or refuses one call): with `on_unavailable:
+fail_closed`, `acquire` raises `SharedStateDown` (the policy answers the bot); with `local_share` it
+decides on this replica's share of each budget (`ratelimit_share.py`), first seeded with the slots this
+replica last saw in use in Redis, so the switch does not double the window. When Redis answers again, the
+local slots still running are handed over to it in one atomic call before any new decision is taken there
+(slots first seen in Redis only if it lost them in a restart), the share starts empty and the releases
+kept meanwhile are sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
 import hashlib
 import itertools
 import math
@@ -40,15 +37,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.errors import StateUnavailable
 from proxy.logs import log
-from proxy.metrics import Metrics
-from proxy.state.ratelimit import Claim, MemoryRateLimitState, ScopeUsage, Verdict, forget_idle
+from proxy.state.ratelimit import Claim, ScopeUsage, SharedStateDown, Verdict, forget_idle
 from proxy.state.ratelimit_redis_lua import ACQUIRE, COOL_DOWN, HAND_OVER, RELEASE
+from proxy.state.ratelimit_releases import Release, ReleaseSender
+from proxy.state.ratelimit_share import LocalShare
 from proxy.state.redis_link import RedisLink, StateUnavailableError
 
-_MAX_KEPT = 10_000  # releases kept while Redis is away; beyond, their slots expire by themselves
-_BATCH = 256  # releases per call: one script call blocks Redis while it runs
+MAX_KEY_NAMES = 10_000  # cached key names; the cache starts over beyond
 
 
 @dataclass(slots=True)
@@ -70,50 +66,49 @@ class _Seen:
 
 
 class RedisRateLimitState:
-    """`RateLimitState` on Redis, shared by every replica; local share or fail closed without it."""
+    """`RateLimitState` on Redis, shared by every replica; a local share or `SharedStateDown` without it."""
 
     def __init__(
         self,
         link: RedisLink,
-        metrics: Metrics,
         *,
         in_flight_expiry: float,
         clock: Callable[[], float] = time.monotonic,
         server_clock: bool = True,  # False (tests): stamp with the caller's `now` instead of Redis' TIME
     ) -> None:
+        """`in_flight_expiry`: how long after its hold Redis frees a slot whose release never came (its
+        replica died): at least the longest a request can take."""
         self._link = link
-        self._metrics = metrics
         self._expiry = in_flight_expiry
         self._clock = clock
         self._server_clock = server_clock
         self._fail_closed = link.config.on_unavailable == "fail_closed"
-        self._replicas = link.config.replicas
         self._retry_after = link.config.retry_interval
         client = link.client
         self._acquire_script = client.register_script(ACQUIRE)
-        self._release_script = client.register_script(RELEASE)
         self._cool_script = client.register_script(COOL_DOWN)
         self._hand_over_script = client.register_script(HAND_OVER)
         self._replica = secrets.token_hex(6)
         self._tickets = itertools.count()
         self._keys: dict[tuple[str, str], tuple[str, str, str]] = {}
         self._seen: dict[str, dict[str, _Seen]] = {}
-        self._local = MemoryRateLimitState()
-        self._local_flying: dict[str, Sequence[Claim]] = {}  # local admissions not yet handed over
-        # Slots held locally, for the hand-over: (rule, scope, slots, until, seen in Redis first).
-        self._local_holds: deque[tuple[str, str, int, float, bool]] = deque()
-        self._releases: deque[tuple[Sequence[Claim], str, float]] = deque()  # (claims, ticket, answered)
+        self._share = LocalShare(link.config.replicas)
+        self._releases = ReleaseSender(
+            link,
+            client.register_script(RELEASE),
+            self._keys_of,
+            self._hold_kept,
+            clock=clock,
+            server_clock=server_clock,
+        )
         self._cool_downs: deque[tuple[Sequence[Claim], Sequence[float], float]] = deque()  # kept
-        self._sender: asyncio.Task[None] | None = None
         self._rejoin: asyncio.Task[None] | None = None
-        self._local_decisions = 0
         link.on_change(self._on_link_change)
 
     # --- decisions --------------------------------------------------------------------------------------
 
     async def acquire(self, claims: Sequence[Claim], ahead: Sequence[int], now: float) -> Verdict:
-        if self._rejoin is not None and not self._rejoin.done():
-            await asyncio.shield(self._rejoin)  # local holds reach Redis before it decides again
+        await self._rejoined()  # local slots reach Redis before it decides again
         if self._link.up:
             ticket = f"{self._replica}:{next(self._tickets)}"
             keys = [key for claim in claims for key in self._keys_of(claim.rule, claim.scope)]
@@ -126,7 +121,9 @@ class RedisRateLimitState:
                 pass  # decided below, without Redis
             else:
                 return self._verdict(claims, reply, ticket, now)
-        return await self._acquire_locally(claims, ahead, now)
+        if self._fail_closed:
+            raise SharedStateDown(retry_after=self._retry_after)
+        return await self._share.acquire(claims, ahead, now, f"L{self._replica}:{next(self._tickets)}")
 
     def _verdict(self, claims: Sequence[Claim], reply: list[Any], ticket: str, now: float) -> Verdict:
         admitted, server_now = bool(reply[0]), float(reply[1])
@@ -144,81 +141,26 @@ class RedisRateLimitState:
             cooling.append(float(cool) > 0)
         return Verdict(admitted, tuple(waits), tuple(cooling), ticket if admitted else "")
 
-    async def _acquire_locally(self, claims: Sequence[Claim], ahead: Sequence[int], now: float) -> Verdict:
-        rule = claims[0].rule if claims else ""
-        if self._fail_closed:
-            self._metrics.ratelimit_rejected.labels(rule, "state_unavailable").inc()
-            raise StateUnavailable("shared rate-limit state unreachable", retry_after=self._retry_after)
-        if self._local_decisions == 0:
-            log.warning(
-                "rate limits decided on this replica's share of each budget",
-                extra={"fields": {"replicas": self._replicas}},
-            )
-        self._local_decisions += 1
-        verdict = await self._local.acquire(self._share(claims), ahead, now)
-        if not verdict.admitted:
-            return verdict
-        ticket = f"L{self._replica}:{next(self._tickets)}"
-        self._local_flying[ticket] = claims
-        return dataclasses.replace(verdict, ticket=ticket)
-
-    def _share(self, claims: Sequence[Claim]) -> list[Claim]:
-        return [dataclasses.replace(claim, limit=max(1, claim.limit // self._replicas)) for claim in claims]
-
-    # --- releases and cool-downs: sent in the background, kept while Redis is away ----------------------
+    # --- releases and cool-downs ------------------------------------------------------------------------
 
     async def release(self, claims: Sequence[Claim], now: float, ticket: str = "") -> None:
-        if self._rejoin is not None and not self._rejoin.done():
-            await asyncio.shield(self._rejoin)  # then a local slot is either handed over or still local
-        if self._local_flying.pop(ticket, None) is not None:
-            await self._local.release(self._share(claims), now)
-            for claim in claims:
-                self._hold_locally(claim.rule, claim.scope, claim.cost, now + claim.hold, False)
+        await self._rejoined()  # then a local slot is either handed over or still local
+        if await self._share.release(claims, now, ticket):
             return
         for claim in claims:  # a slot in Redis (a local one handed over keeps its ticket there)
             seen = self._seen_of(claim, now)
             seen.in_flight = max(0, seen.in_flight - claim.cost)
             seen.quiet_at = max(seen.quiet_at, now + claim.hold)
-        if len(self._releases) >= _MAX_KEPT:
-            self._releases.popleft()  # its in-flight slots expire in Redis by themselves
-            log.error("too many rate-limit releases kept for redis: dropped the oldest")
-        self._releases.append((claims, ticket, now))
-        if not self._link.up:
-            self._hold_answered([(claims, ticket, now)])
-        self._start_sender()
+        self._releases.add(Release(claims, ticket, now))
 
-    def _start_sender(self) -> None:
-        if self._releases and self._link.up and (self._sender is None or self._sender.done()):
-            self._sender = asyncio.ensure_future(self._send_releases())
-
-    async def _send_releases(self) -> None:
-        """Send the queued releases, many per call, until none is left or Redis is away."""
-        while self._releases and self._link.up:
-            batch = [self._releases.popleft() for _ in range(min(len(self._releases), _BATCH))]
-            # Each slot is held until its answer + hold: what is left of that when the call is made.
-            reference = self._clock() if self._server_clock else max(at for _, _, at in batch)
-            keys: list[str] = []
-            args: list[Any] = [self._now_arg(reference)]
-            for claims, ticket, at in batch:
-                for claim in claims:
-                    keys += self._keys_of(claim.rule, claim.scope)[:2]
-                    args += [ticket, claim.cost, max(0.0, at + claim.hold - reference)]
-            try:
-                await self._link.call(functools.partial(self._release_script, keys, args))
-            except StateUnavailableError:
-                self._releases.extendleft(reversed(batch))  # kept, in order, for Redis' return
-                self._hold_answered(batch)
-                return
-
-    def _hold_answered(self, releases: Sequence[tuple[Sequence[Claim], str, float]]) -> None:
-        """Answered while Redis is away: the local share counts their holds too."""
+    def _hold_kept(self, releases: Sequence[Release]) -> None:
+        """Releases kept while Redis is away: the local share counts their holds too."""
         now = self._clock()
-        for claims, _, at in releases:
-            for claim in self._share(claims):
-                self._local.occupy(claim, claim.cost, at + claim.hold, now)
+        for release in releases:
+            self._share.hold_answered(release.claims, release.answered, now)
 
     async def cool_down(self, claims: Sequence[Claim], until: Sequence[float], now: float) -> None:
-        await self._local.cool_down(self._share(claims), until, now)  # the local share must know too
+        await self._share.cool_down(claims, until, now)  # the local share must know too
         for claim, deadline in zip(claims, until, strict=True):
             seen = self._seen_of(claim, now)
             seen.cooling_until = max(seen.cooling_until, deadline)
@@ -246,48 +188,59 @@ class RedisRateLimitState:
         for rule, scopes in self._seen.items():
             for scope, seen in scopes.items():
                 if seen.used_now(now) > 0:
-                    claim = Claim(rule, scope, seen.label, max(1, seen.limit // self._replicas), seen.hold, 1)
-                    self._local.occupy(claim, seen.used, seen.quiet_at, now, seen.cooling_until)
-                    self._hold_locally(rule, scope, seen.used, seen.quiet_at, True)
+                    claim = Claim(rule, scope, seen.label, seen.limit, seen.hold, 1)
+                    self._share.seed(claim, seen.used, seen.quiet_at, seen.cooling_until, now)
 
-    def _hold_locally(self, rule: str, scope: str, slots: int, until: float, seen_in_redis: bool) -> None:
-        if len(self._local_holds) >= _MAX_KEPT:
-            self._local_holds.popleft()  # the oldest: the nearest to expiry
-        self._local_holds.append((rule, scope, slots, until, seen_in_redis))
+    async def _rejoined(self) -> None:
+        if self._rejoin is not None and not self._rejoin.done():
+            await asyncio.shield(self._rejoin)
 
     async def _hand_over(self) -> None:
         """Redis is back: tell it of the slots taken locally meanwhile, then of what was kept for it."""
         now = self._clock()
         keys: list[str] = []
         args: list[Any] = [self._now_arg(now)]
-        for ticket, claims in self._local_flying.items():
-            for claim in claims:
-                keys += self._keys_of(claim.rule, claim.scope)[:2]
-                args += [ticket, claim.cost, claim.hold + self._expiry, 0]
-        for rule, scope, slots, until, seen_in_redis in self._local_holds:
-            if until > now:
-                flying, held, _ = self._keys_of(rule, scope)
+        for entry in self._share.hand_over(now):
+            flying, held, _ = self._keys_of(entry.rule, entry.scope)
+            if entry.in_flight:  # its release comes later, to Redis, under the same ticket
+                keys += [flying, held]
+                args += [entry.ticket, entry.slots, entry.seconds + self._expiry, 0]
+            else:
                 keys += [held, flying]
-                args += [f"H{self._replica}:{next(self._tickets)}", slots, until - now, int(seen_in_redis)]
+                ticket = f"H{self._replica}:{next(self._tickets)}"
+                args += [ticket, entry.slots, entry.seconds, int(entry.only_if_lost)]
         try:
             if keys:
                 await self._link.call(lambda r: self._hand_over_script(keys, args, client=r))
         except StateUnavailableError:
-            return  # down again: the local state goes on, and is handed over next time
-        self._local_flying.clear()  # their releases now go to Redis, under the same tickets
-        self._local_holds.clear()
-        self._local = MemoryRateLimitState()
-        if self._local_decisions:
+            return  # down again: the local share goes on, and is handed over next time
+        decisions = self._share.clear()
+        if decisions:
             log.info(
                 "rate limits shared again through redis",
-                extra={"fields": {"local_decisions": self._local_decisions, "handed_over": len(keys) // 2}},
+                extra={"fields": {"local_decisions": decisions, "handed_over": len(keys) // 2}},
             )
-        self._local_decisions = 0
         while self._cool_downs and self._link.up:
             claims, deadlines, at = self._cool_downs.popleft()
             if not await self._send_cool_down(claims, deadlines, at):
                 self._cool_downs.appendleft((claims, deadlines, at))
-        self._start_sender()
+        self._releases.resume()
+
+    # --- names, clock -----------------------------------------------------------------------------------
+
+    def _keys_of(self, rule: str, scope: str) -> tuple[str, str, str]:
+        """The scope's in-flight, held and cool-down keys."""
+        keys = self._keys.get((rule, scope))
+        if keys is None:
+            if len(self._keys) > MAX_KEY_NAMES:
+                self._keys.clear()
+            digest = hashlib.blake2b(scope.encode(), digest_size=12).hexdigest()  # never the raw key
+            base = self._link.key("rl", rule, digest)
+            keys = self._keys[(rule, scope)] = (base + ":flying", base + ":held", base + ":cool")
+        return keys
+
+    def _now_arg(self, now: float) -> str:
+        return "" if self._server_clock else repr(now)
 
     # --- the view for /status, metrics and bounded memory -----------------------------------------------
 
@@ -299,25 +252,12 @@ class RedisRateLimitState:
         seen.last_used = now
         return seen
 
-    def _keys_of(self, rule: str, scope: str) -> tuple[str, str, str]:
-        keys = self._keys.get((rule, scope))
-        if keys is None:
-            if len(self._keys) > 10_000:
-                self._keys.clear()
-            digest = hashlib.blake2b(scope.encode(), digest_size=12).hexdigest()  # never the raw key
-            base = self._link.key("rl", rule, digest)
-            keys = self._keys[(rule, scope)] = (base + ":flying", base + ":held", base + ":cool")
-        return keys
-
-    def _now_arg(self, now: float) -> str:
-        return "" if self._server_clock else repr(now)
-
     def __len__(self) -> int:
-        return sum(len(scopes) for scopes in self._seen.values()) + len(self._local)
+        return sum(len(scopes) for scopes in self._seen.values()) + len(self._share)
 
     def usage(self, now: float) -> list[ScopeUsage]:
         if not self._link.up:
-            return self._local.usage(now)
+            return self._share.usage(now)
         return [
             ScopeUsage(rule, seen.label, seen.used_now(now), seen.limit, max(0.0, seen.cooling_until - now))
             for rule, scopes in self._seen.items()
@@ -326,31 +266,28 @@ class RedisRateLimitState:
 
     def busiest_share(self, rule: str, now: float) -> float:
         if not self._link.up:
-            return self._local.busiest_share(rule, now)
+            return self._share.busiest_share(rule, now)
         scopes = self._seen.get(rule, {}).values()
         return max((seen.used_now(now) / seen.limit for seen in scopes), default=0.0)
 
     def drop_idle(self, now: float, idle_for: float) -> int:
-        return self._local.drop_idle(now, idle_for) + forget_idle(self._seen, now, idle_for, _Seen.used_now)
+        return self._share.drop_idle(now, idle_for) + forget_idle(self._seen, now, idle_for, _Seen.used_now)
 
     def describe(self) -> dict[str, Any]:
         return {
             "backend": "redis",
             "deciding": "shared" if self._link.up else "fail_closed" if self._fail_closed else "local_share",
-            "local_decisions": self._local_decisions,
-            "releases_pending": len(self._releases),
+            "local_decisions": self._share.decisions,
+            "releases_pending": self._releases.pending,
         }
 
     async def settled(self) -> None:
-        """Wait for any hand-over and the releases under way (each call bounded by the link's timeout)."""
-        for task in (self._rejoin, self._sender):
-            if task is not None:
-                await asyncio.gather(task, return_exceptions=True)
+        """Wait for any hand-over, then the releases under way (each call bounded by the link's timeout)."""
+        if self._rejoin is not None:
+            await asyncio.gather(self._rejoin, return_exceptions=True)
+        await self._releases.settled()
 
     async def close(self) -> None:
-        await self.settled()
-        if self._releases:
-            log.warning(
-                "rate-limit releases never reached redis: their slots expire there by themselves",
-                extra={"fields": {"kept": len(self._releases)}},
-            )
+        if self._rejoin is not None:
+            await asyncio.gather(self._rejoin, return_exceptions=True)
+        await self._releases.close()

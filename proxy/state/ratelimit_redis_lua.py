@@ -1,5 +1,8 @@
 """The Lua scripts of `RedisRateLimitState` (`ratelimit_redis.py` says what they guarantee).
 
+ACQUIRE computes a refused claim's wait with the same lower bound as `slot_wait` in `ratelimit.py`; one
+table of cases (tests/test_ratelimit_wait.py) holds both forms to the same answers.
+
 Each runs atomically in Redis. Times are seconds on Redis' own clock (TIME), so every replica agrees on
 when a slot frees; `now` is passed only by tests that drive a manual clock. Numbers that are not
 integers come back as strings: Redis would truncate a Lua number in its reply.
@@ -49,7 +52,7 @@ for i = 1, n do
     used[i] = used[i] + cost
   elseif cost > limit then
     wait = math.huge  -- can never fit: the exchange would refuse it too
-  else  -- the same lower bound as MemoryRateLimitState's _Scope.wait
+  else  -- the same lower bound as slot_wait in ratelimit.py
     local needed = ahead + cost + math.max(0, used[i] - limit)
     local index, rounds = (needed - 1) % limit, math.floor((needed - 1) / limit)
     local free, first = math.max(0, limit - used[i]), now

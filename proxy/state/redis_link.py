@@ -32,7 +32,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, ResponseError
 
-from proxy.config import RedisConfig, redact_url
+from proxy.config import RedisConfig
+from proxy.config_loader import redact_url
 from proxy.logs import log
 from proxy.metrics import Metrics
 
