@@ -1,5 +1,6 @@
-"""The simulator's private WebSocket: real ccxt.pro `woo` / `woofipro` watching orders, trades, balance
-and positions while ccxt places over REST; the protocol's edges (auth, topics, isolation) on a raw socket.
+"""The simulator's private WebSocket through real ccxt.pro `woo` / `woofipro`: `watch_orders`,
+`watch_my_trades`, `watch_balance`, `watch_positions` while ccxt places over REST, a refused signature,
+and `seawall simulate`'s stream options and banner. The protocol's edges: test_simulator_private_protocol.py.
 
 ccxt.pro hands a push only to a watch already waiting, so each watch is started (`ensure_future`) before
 the action that causes its push: the watch's first step registers it and runs before anything the action
@@ -18,22 +19,14 @@ from typing import Any
 import aiohttp
 import ccxt
 import ccxt.pro as ccxtpro
-import orjson
 import pytest
-import yarl
 from fixtures_proxy import wait_until, wait_until_async
-from fixtures_simulator import SimFactory, client_for
+from fixtures_simulator import SimFactory
 
-from proxy.simulator import Credentials, Simulator, StreamSettings, generate_account
+from proxy.simulator import Simulator, StreamSettings
 from proxy.simulator.cli import build_parser, main
 from proxy.simulator.cli_stream import stream_settings
-from proxy.simulator.signing import (
-    generate_orderly_keypair,
-    now_ms,
-    orderly_signature,
-    woox_v1_signature,
-)
-from proxy.simulator.symbols import resting_order
+from proxy.simulator.signing import generate_orderly_keypair
 
 # profile -> (ccxt.pro class, spot-or-perp symbol, its id, a resting BUY price, client id, quote, perp)
 CASES = {
@@ -41,23 +34,6 @@ CASES = {
     "woox": ("woo", "BTC/USDT", "SPOT_BTC_USDT", 59000.0, "4242", "USDT", "BTC/USDT:USDT"),
 }
 PERP_IDS = {"ETH/USDC:USDC": "PERP_ETH_USDC", "BTC/USDT:USDT": "PERP_BTC_USDT"}
-
-
-def private_url(sim: Simulator, stream_id: str) -> str:
-    return f"ws://127.0.0.1:{sim.port}/v2/ws/private/stream/{stream_id}"
-
-
-def auth_params(creds: Credentials, ts: int | None = None, secret: str | None = None) -> dict[str, Any]:
-    """What ccxt.pro sends: Orderly ed25519 over the timestamp (standard base64), WOO X HMAC over "|ts"."""
-    stamp = now_ms() if ts is None else ts
-    if creds.profile == "orderly":
-        sign = orderly_signature(secret or creds.secret, str(stamp).encode(), standard_base64=True)
-        return {"orderly_key": creds.api_key, "sign": sign, "timestamp": stamp}
-    return {
-        "apikey": creds.api_key,
-        "sign": woox_v1_signature(secret or creds.secret, "", stamp),
-        "timestamp": stamp,
-    }
 
 
 def counters(sim: Simulator) -> dict[str, Any]:
@@ -72,20 +48,6 @@ async def subscribed(sim: Simulator, *topics: str) -> None:
 def ccxt_order(client: Any, order_id: str) -> dict[str, Any] | None:
     """The order as ccxt.pro parsed it from the stream (its cache holds each order's latest push)."""
     return next((o for o in (client.orders or []) if o["id"] == order_id), None)
-
-
-async def ask(ws: aiohttp.ClientWebSocketResponse, message: Any) -> dict[str, Any]:
-    await (ws.send_str(message) if isinstance(message, str) else ws.send_json(message))
-    reply = await asyncio.wait_for(ws.receive_json(), 5)
-    assert isinstance(reply, dict)
-    return reply
-
-
-async def closed(ws: aiohttp.ClientWebSocketResponse) -> bool:
-    return (await asyncio.wait_for(ws.receive(), 5)).type in (
-        aiohttp.WSMsgType.CLOSE,
-        aiohttp.WSMsgType.CLOSED,
-    )
 
 
 @pytest.fixture(params=sorted(CASES))
@@ -127,7 +89,7 @@ async def test_ccxt_pro_watch_orders_follows_placement_cancel_and_fills(pro: tup
     resting = await client.create_order(symbol, "limit", "buy", 0.02, below)
     await wait_until(lambda: ccxt_order(client, resting["id"]))
     watching = asyncio.ensure_future(client.watch_orders(symbol))
-    sim.fill_order(order_id=int(resting["id"]))  # the control API's fill: the resting order is the maker
+    sim.fill_order(order_id=int(resting["id"]))  # as POST /__sim/orders/fill: the resting order is maker
     (filled,) = await asyncio.wait_for(watching, 5)
     assert (filled["id"], filled["status"], filled["filled"]) == (resting["id"], "closed", 0.02)
 
@@ -166,9 +128,7 @@ async def test_ccxt_pro_watches_my_trades_balance_and_positions(pro: tuple[Any, 
     assert seen[quote]["free"] == pytest.approx(100000 - held)
 
 
-async def test_a_bad_signature_is_refused_in_the_exchanges_format(
-    pro: tuple[Any, Simulator], sim_http: aiohttp.ClientSession
-) -> None:
+async def test_a_bad_signature_is_refused_in_the_exchanges_format(pro: tuple[Any, Simulator]) -> None:
     _, sim = pro
     creds = sim.demo_credentials
     assert creds is not None
@@ -176,170 +136,26 @@ async def test_a_bad_signature_is_refused_in_the_exchanges_format(
     impostor = getattr(ccxtpro, CASES[sim.profile][0])({**creds.ccxt_config(sim.base_url), "secret": wrong})
     try:
         await impostor.load_markets()
-        with pytest.raises(ccxt.AuthenticationError, match="auth failed"):
+        with pytest.raises(ccxt.AuthenticationError) as refused:
             await asyncio.wait_for(impostor.watch_orders(), 5)
     finally:
         await impostor.close()
-
-    async with sim_http.ws_connect(private_url(sim, creds.account_id)) as ws:
-        refused = await ask(ws, {"id": "a1", "event": "auth", "params": auth_params(creds, secret=wrong)})
-        assert refused == {
-            "id": "a1",
-            "event": "auth",
-            "success": False,
-            "ts": refused["ts"],
-            "errorMsg": "auth failed",
-        }
-        assert await closed(ws)
-    await wait_until(lambda: counters(sim)["connections_open"] == 0)
+    answer = json.loads(str(refused.value))  # ccxt quotes the exchange's answer whole
+    assert answer == {
+        "id": None,
+        "event": "auth",
+        "success": False,
+        "ts": answer["ts"],
+        "errorMsg": "auth failed",
+    }
+    await wait_until(lambda: counters(sim)["connections_open"] == 0)  # refused, then disconnected
     stream = counters(sim)
     assert (stream["auth_failures"], stream["auth_failures_by_reason"], stream["auth_ok"]) == (
-        2,
-        {"bad_signature": 2},
+        1,
+        {"bad_signature": 1},
         0,
     )
-    assert stream["closed"] == {"auth_failed": 2}
-
-
-async def test_orderly_protocol_on_a_raw_socket(
-    sim_factory: SimFactory, sim_http: aiohttp.ClientSession
-) -> None:
-    sim = await sim_factory("orderly")
-    creds = sim.demo_credentials
-    assert creds is not None
-    rest = client_for(sim_http, sim)
-    async with sim_http.ws_connect(private_url(sim, creds.account_id)) as ws:
-        early = await ask(ws, {"id": "s0", "event": "subscribe", "topic": "executionreport"})
-        assert (early["id"], early["success"], early["errorMsg"]) == ("s0", False, "Auth is needed.")
-        assert (await ask(ws, {"event": "ping"}))["event"] == "pong"  # pings need no auth
-        ok = await ask(ws, {"id": "123r", "event": "auth", "params": auth_params(creds)})
-        assert ok == {"id": "123r", "event": "auth", "success": True, "ts": ok["ts"]}
-        bad_topic = await ask(ws, {"id": "s1", "event": "subscribe", "topic": "settle"})
-        assert (bad_topic["success"], bad_topic["errorMsg"]) == (False, "invalid topic settle")
-        btc_only = {"symbol": "PERP_BTC_USDC"}
-        subscribe = {"id": "s2", "event": "subscribe", "topic": "executionreport", "params": btc_only}
-        assert (await ask(ws, subscribe))["success"] is True
-        unknown = {**subscribe, "params": {"symbol": "PERP_NOPE_USDC"}}
-        assert (await ask(ws, unknown))["errorMsg"] == "invalid symbol PERP_NOPE_USDC"
-        assert (await ask(ws, "not json"))["success"] is False
-
-        assert (await rest.orderly("POST", "/v1/order", resting_order("eth-1"))).status == 200
-        assert (await ask(ws, {"event": "ping"}))["event"] == "pong"  # the ETH order was not pushed
-        btc = resting_order("btc-1", symbol="PERP_BTC_USDC", order_price=59000, order_quantity=0.001)
-        placed = await rest.orderly("POST", "/v1/order", btc)
-        push = await asyncio.wait_for(ws.receive_json(), 5)
-        assert push["topic"] == "executionreport" and push["ts"] > 0
-        assert push["data"] == {
-            "symbol": "PERP_BTC_USDC",
-            "clientOrderId": "btc-1",
-            "orderId": placed.json["data"]["order_id"],
-            "type": "LIMIT",
-            "side": "BUY",
-            "quantity": 0.001,
-            "price": 59000.0,
-            "tradeId": 0,
-            "executedPrice": 0.0,
-            "executedQuantity": 0.0,
-            "fee": 0.0,
-            "feeAsset": "USDC",
-            "totalExecutedQuantity": 0.0,
-            "avgPrice": 0.0,
-            "status": "NEW",
-            "reason": "",
-            "totalFee": 0.0,
-            "timestamp": push["data"]["timestamp"],
-            "maker": False,
-            "avgExecutedPrice": 0.0,
-            "visibleQuantity": 0.001,
-            "reduceOnly": False,
-            "marginMode": "CROSS",
-        }
-        gone = await ask(ws, {"id": "u1", "event": "unsubscribe", "topic": "executionreport"})
-        assert (gone["success"], gone["data"]) == (True, "executionreport")
-    stream = counters(sim)
-    assert stream["subscribes"] == {"executionreport": 1} and stream["unsubscribes"] == {"executionreport": 1}
-    assert stream["pushed"]["executionreport"] == 1 and stream["auth_ok"] == 1
-
-
-async def test_orderly_url_auth_and_accounts_never_see_each_others_orders(
-    sim_factory: SimFactory, sim_http: aiohttp.ClientSession
-) -> None:
-    (alice, alice_creds), (bob, bob_creds) = generate_account("orderly"), generate_account("orderly")
-    sim = await sim_factory("orderly", accounts=[alice, bob])
-    in_url = {name: str(value) for name, value in auth_params(alice_creds).items()}
-    async with (
-        sim_http.ws_connect(yarl.URL(private_url(sim, alice.account_id)).with_query(in_url)) as alice_ws,
-        sim_http.ws_connect(private_url(sim, bob.account_id)) as bob_ws,
-    ):
-        # Authenticated by the URL: no auth message, subscriptions served at once.
-        assert (await ask(alice_ws, {"id": 1, "event": "subscribe", "topic": "executionreport"}))["success"]
-        assert (await ask(bob_ws, {"id": 1, "event": "auth", "params": auth_params(bob_creds)}))["success"]
-        assert (await ask(bob_ws, {"id": 2, "event": "subscribe", "topic": "executionreport"}))["success"]
-        placed = await client_for(sim_http, sim, alice_creds).orderly(
-            "POST", "/v1/order", resting_order("a-1")
-        )
-        push = await asyncio.wait_for(alice_ws.receive_json(), 5)
-        assert push["data"]["orderId"] == placed.json["data"]["order_id"]
-        assert (await ask(bob_ws, {"event": "ping"}))["event"] == "pong"  # bob heard nothing of it
-
-    # Alice's valid signature on Bob's stream, and a stale one on her own, are refused.
-    stale = auth_params(alice_creds, now_ms() - 301_000)
-    for stream_id, params in ((bob.account_id, auth_params(alice_creds)), (alice.account_id, stale)):
-        async with sim_http.ws_connect(private_url(sim, stream_id)) as ws:
-            assert (await ask(ws, {"event": "auth", "params": params}))["errorMsg"] == "auth failed"
-            assert await closed(ws)
-    assert counters(sim)["auth_failures_by_reason"] == {"other_account": 1, "stale_timestamp": 1}
-
-
-async def test_woox_accepts_upper_case_hex_and_refuses_an_unknown_key(
-    sim_factory: SimFactory, sim_http: aiohttp.ClientSession
-) -> None:
-    sim = await sim_factory("woox")
-    creds = sim.demo_credentials
-    assert creds is not None
-    async with sim_http.ws_connect(private_url(sim, creds.account_id)) as ws:
-        params = auth_params(creds)
-        upper = {
-            **params,
-            "sign": params["sign"].upper(),
-            "timestamp": str(params["timestamp"]),
-        }  # hummingbot
-        assert (await ask(ws, {"event": "auth", "params": upper}))["success"] is True
-        assert (await ask(ws, {"id": "x", "event": "subscribe", "topic": "balance"}))["success"] is True
-        market_buy = {
-            "symbol": "SPOT_BTC_USDT",
-            "order_type": "MARKET",
-            "side": "BUY",
-            "order_quantity": 0.01,
-        }
-        assert (await client_for(sim_http, sim).v1("POST", "/v1/order", market_buy)).status == 200
-        pushes = [await asyncio.wait_for(ws.receive_json(), 5) for _ in range(2)]  # NEW, then FILLED
-        assert [p["topic"] for p in pushes] == ["balance", "balance"]
-        assert pushes[-1]["data"]["balances"]["BTC"]["holding"] == 2.01
-        assert (
-            pushes[0]["data"]["balances"]["BTC"]["version"] < pushes[1]["data"]["balances"]["BTC"]["version"]
-        )
-    stranger = Credentials(
-        "woox", creds.account_id, "c3RyYW5nZXIta2V5LTAwMQ==", "STRANGERSECRET0000000000000"
-    )
-    async with sim_http.ws_connect(private_url(sim, creds.account_id)) as ws:
-        assert (await ask(ws, {"event": "auth", "params": auth_params(stranger)}))["success"] is False
-        assert await closed(ws)
-    assert counters(sim)["auth_failures_by_reason"] == {"unknown_key": 1}
-
-
-async def test_private_stream_pings_and_drops_a_client_that_never_pongs(
-    sim_factory: SimFactory, sim_http: aiohttp.ClientSession
-) -> None:
-    sim = await sim_factory("woox", stream=StreamSettings(ping_interval=0.02, max_missed_pongs=2))
-    assert sim.demo_credentials is not None
-    async with sim_http.ws_connect(private_url(sim, sim.demo_credentials.account_id)) as mute:
-        pings = 0
-        while (message := await asyncio.wait_for(mute.receive(), 5)).type == aiohttp.WSMsgType.TEXT:
-            assert orjson.loads(message.data)["event"] == "ping"
-            pings += 1
-        assert message.type == aiohttp.WSMsgType.CLOSE and pings == 2
-    await wait_until(lambda: counters(sim)["closed"] == {"missed_pongs": 1})
+    assert stream["closed"] == {"auth_failed": 1} and stream["subscriptions_open"] == 0
 
 
 def test_help_documents_the_streams_and_their_options_reach_the_simulator(
