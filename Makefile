@@ -19,7 +19,8 @@ demo: $(STAMP)
 run: $(STAMP)
 	$(BIN)/seawall run
 
-# Tools some tests drive for real (promtool, redis-server): installed when missing and possible.
+# Tools some tests drive for real (promtool, redis-server, redis-cli, redis-sentinel): installed when missing
+# and possible.
 system-tools:
 	@sh scripts/ensure-system-tools.sh
 

@@ -94,8 +94,11 @@ def serve_with_aiolimiter(config_path: str, spaced: bool) -> int:
 
     original = proxy.app.build_policies
 
-    def build_policies(config: Any, metrics: Any, shared: Any = None) -> list[Any]:
-        kept = [policy for policy in original(config, metrics, shared) if policy.name != "ratelimit"]
+    def build_policies(
+        config: Any, metrics: Any, shared: Any = None, states: Any = None, keep: Any = None
+    ) -> list[Any]:
+        chain = original(config, metrics, shared, states, keep)
+        kept = [policy for policy in chain if policy.name != "ratelimit"]
         return [*kept, AiolimiterPolicy(config.ratelimit)]
 
     proxy.app.build_policies = build_policies  # type: ignore[assignment]

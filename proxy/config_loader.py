@@ -21,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 from yarl import URL
 
-from proxy.config import PROFILES, CrossFieldError, SeawallConfig
+from proxy.config import PROFILES, CrossFieldError, SeawallConfig, split_redis_url
 from proxy.identity import key_fingerprint
 from proxy.shipped import default_config_path, profile_path, shipped_config_dir
 
@@ -101,6 +101,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SEAWALL_LISTEN": ("listen",),
     "SEAWALL_ADMIN_LISTEN": ("admin_listen",),
     "SEAWALL_REDIS_URL": ("state", "redis", "url"),
+    "SEAWALL_REDIS_MODE": ("state", "redis", "mode"),
+    "SEAWALL_REDIS_SENTINEL_MASTER": ("state", "redis", "sentinel_master"),
     "SEAWALL_LOG_LEVEL": ("logging", "level"),
 }
 # Variables whose values are URLs that may carry a password: shown redacted in messages.
@@ -118,7 +120,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         value = env.get(variable)
         if value:
             _set_path(overrides, path, value)
-    if "state" in overrides:
+    if "url" in overrides.get("state", {}).get("redis", {}):
         overrides["state"]["backend"] = "redis"
     return overrides
 
@@ -280,11 +282,30 @@ def build_config(
     layers.insert(0, _Layer(profile_data, f"profile {profile_file}", profile_lines))
     merged = _merge(_merge(profile_data, user), overrides)
     merged["profile"] = profile
+    _streams_follow_upstream(merged, profile_data, (user, overrides))
     try:
         return SeawallConfig.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(_describe(err, layers) for err in exc.errors())
         raise ConfigError(f"invalid config: {problems}") from None
+
+
+def _streams_follow_upstream(
+    merged: dict[str, Any], profile: Mapping[str, Any], set_by_user: tuple[Mapping[str, Any], ...]
+) -> None:
+    """The profile's stream URLs belong with the profile's exchange: when `upstream.url` points elsewhere
+    (the simulator, a testnet) and a stream URL is not set too, that stream goes to upstream.url's host,
+    never to the real exchange behind the bot's back."""
+    if _lookup(merged, ("upstream", "url")) == _lookup(profile, ("upstream", "url")):
+        return
+    streams = merged.get("streams")
+    if not isinstance(streams, Mapping):
+        return
+    kept = dict(streams)
+    for key in ("public_url", "private_url"):
+        if not any(_lookup(layer, ("streams", key))[0] for layer in set_by_user):
+            kept.pop(key, None)
+    merged["streams"] = kept
 
 
 def redact_url(url: str) -> str:
@@ -293,11 +314,20 @@ def redact_url(url: str) -> str:
         parsed = URL(url)
         if parsed.password is not None:
             parsed = parsed.with_password("***")
-        if any(name.lower() == "password" for name in parsed.query):
-            parsed = parsed.update_query({name: "***" for name in parsed.query if name.lower() == "password"})
+        secrets = [name for name in parsed.query if name.lower().endswith("password")]  # sentinel_password
+        if secrets:
+            parsed = parsed.update_query({name: "***" for name in secrets})
         return str(parsed)
     except (ValueError, TypeError):
+        pass
+    scheme, user_info, hosts, rest = split_redis_url(url)
+    if not hosts or "://" not in url:
         return "<unparsable url>"
+    # Several hosts (the sentinels): yarl cannot parse it; redact the user info and password parameters.
+    user, colon, _ = user_info.partition(":")
+    authority = (f"{user}:***@" if colon else f"{user}@" if user else "") + ",".join(hosts)
+    rest = re.sub(r"(?i)([?&][^=&#]*password=)[^&#]*", r"\1***", rest)
+    return f"{scheme}://{authority}{rest}"
 
 
 def redacted(config: SeawallConfig) -> dict[str, Any]:

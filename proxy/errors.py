@@ -64,7 +64,8 @@ class UpstreamUnreached(UpstreamUnavailable):
 class Congested(SeawallError):
     """Seawall's own congestion: no upstream connection came free in time, or the request's deadline was
     spent queueing so that too little was left to send it. Nothing was sent: transient, and never news
-    about the exchange (breakers do not count it). `cause`: `pool_timeout` or `deadline`."""
+    about the exchange (breakers do not count it). `cause`: `pool_timeout`, `deadline`, or
+    `local_resources` (Seawall out of file descriptors, memory or local ports to open a connection)."""
 
     code = -1003
     policy = "congested"

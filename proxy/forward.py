@@ -7,14 +7,16 @@ pool and HTTP parsing live in proxy/upstream.py.
 
 The request's deadline is `upstream.timeout` counted from its arrival (`ctx.started`): what the
 rate-limit queue used is gone before the upstream client starts. Every failure is accounted for here:
-Seawall's own congestion in `seawall_congestion_total{cause}`, the exchange's failures in
-`seawall_upstream_errors_total{cause}`, a WARNING line (at most one per cause every LOG_INTERVAL seconds,
-with the count of those not logged) and the last one in /status. Logs carry the upstream's host:port, the
-cause and the system's error text, never request bytes.
+Seawall's own congestion in `seawall_congestion_total{cause}` (and, when Seawall is out of local resources
+to connect, a WARNING line that says so), the exchange's failures in `seawall_upstream_errors_total{cause}`,
+a WARNING line (at most one per cause every LOG_INTERVAL seconds, with the count of those not logged) and
+the last one in /status. Logs carry the upstream's host:port, the cause and the system's error text, never
+request bytes.
 """
 
 from __future__ import annotations
 
+import resource
 import ssl
 import time
 from collections.abc import Callable
@@ -36,7 +38,7 @@ from proxy.errors import (
 )
 from proxy.logs import log
 from proxy.metrics import Metrics
-from proxy.upstream import UpstreamAnswer, UpstreamClient
+from proxy.upstream import LOCAL_RESOURCES, UpstreamAnswer, UpstreamClient
 
 # At most one WARNING line per cause in this many seconds: an unreachable exchange fails every request.
 LOG_INTERVAL = 5.0
@@ -82,6 +84,26 @@ def hop_by_hop_names(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> froze
     return HOP_BY_HOP | {token.strip().lower() for value in named for token in value.split(",")}
 
 
+class LinesPerCause:
+    """At most one log line per cause every `interval` seconds, and how many were held back meanwhile."""
+
+    def __init__(self, interval: float, clock: Callable[[], float]) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._logged_at: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def admit(self, cause: str) -> int | None:
+        """None: hold this line back. Else log it, with this count of lines of its cause held back."""
+        now = self._clock()
+        logged_at = self._logged_at.get(cause)
+        if logged_at is not None and now - logged_at < self._interval:
+            self._held[cause] = self._held.get(cause, 0) + 1
+            return None
+        self._logged_at[cause] = now
+        return self._held.pop(cause, 0)
+
+
 class UpstreamErrors:
     """The exchange's failures by cause: a metric, a rate-limited WARNING line, counts and the last one."""
 
@@ -94,11 +116,8 @@ class UpstreamErrors:
     ) -> None:
         self._metric = metrics.upstream_errors
         self._upstream = upstream  # host:port, safe to log
-        self._interval = interval
-        self._clock = clock
+        self._lines = LinesPerCause(interval, clock)
         self._counts: dict[str, int] = {}
-        self._logged_at: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
         self._last: dict[str, Any] | None = None
 
     def note(self, error: SeawallError) -> None:
@@ -109,12 +128,9 @@ class UpstreamErrors:
         self._metric.labels(cause).inc()
         message = describe(error)
         self._last = {"cause": cause, "message": message, "at": round(time.time(), 3)}
-        now = self._clock()
-        logged_at = self._logged_at.get(cause)
-        if logged_at is not None and now - logged_at < self._interval:
-            self._suppressed[cause] = self._suppressed.get(cause, 0) + 1
+        held_back = self._lines.admit(cause)
+        if held_back is None:
             return
-        self._logged_at[cause] = now
         log.warning(
             "upstream error: %s",
             cause,
@@ -123,13 +139,56 @@ class UpstreamErrors:
                     "upstream": self._upstream,
                     "cause": cause,
                     "error": message,
-                    "suppressed": self._suppressed.pop(cause, 0),  # same cause, not logged since the last
+                    "suppressed": held_back,  # same cause, not logged since the last
                 }
             },
         )
 
     def status(self) -> dict[str, Any]:
         return {"last": self._last, "counts": dict(self._counts)}
+
+
+class Congestion:
+    """Seawall's own congestion by cause (nothing was sent): a metric and counts for /status. Running out
+    of local resources to connect (descriptors, kernel memory, ports) is also a rate-limited WARNING: it
+    needs the operator, and it is Seawall's problem, not the exchange's."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        upstream: str,
+        interval: float = LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._metric = metrics.congestion
+        self._upstream = upstream
+        self._lines = LinesPerCause(interval, clock)
+        self._counts: dict[str, int] = {}
+
+    def note(self, error: Congested) -> None:
+        cause = error.cause or "pool_timeout"
+        self._counts[cause] = self._counts.get(cause, 0) + 1
+        self._metric.labels(cause).inc()
+        if cause != LOCAL_RESOURCES:
+            return  # the pool and the deadline at work: the metric says enough
+        held_back = self._lines.admit(cause)
+        if held_back is None:
+            return
+        log.warning(
+            "seawall out of local resources: requests answered locally, not sent",
+            extra={
+                "fields": {
+                    "upstream": self._upstream,
+                    "cause": cause,
+                    "error": describe(error),  # e.g. "[Errno 24] Too many open files"
+                    "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                    "suppressed": held_back,
+                }
+            },
+        )
+
+    def status(self) -> dict[str, int]:
+        return dict(self._counts)
 
 
 def describe(error: SeawallError) -> str:
@@ -153,8 +212,7 @@ class Forwarder:
         self._host_header = host if self._url.is_default_port() else f"{host}:{self._url.port}"
         self._client: UpstreamClient | None = None
         self._errors = UpstreamErrors(metrics, f"{host}:{self._url.port}")
-        self._congestion_metric = metrics.congestion
-        self._congestion: dict[str, int] = {}
+        self._congestion = Congestion(metrics, f"{host}:{self._url.port}")
 
     @property
     def ready(self) -> bool:
@@ -176,6 +234,7 @@ class Forwarder:
             pool_timeout=config.pool_timeout,
             answer_timeout=config.answer_timeout,
             min_send_time=config.min_send_time,
+            request_timeout=config.timeout,
         )
 
     def stats(self) -> dict[str, int]:
@@ -187,7 +246,7 @@ class Forwarder:
 
     def congestion_status(self) -> dict[str, int]:
         """For /status: requests answered locally for Seawall's own congestion, by cause."""
-        return dict(self._congestion)
+        return self._congestion.status()
 
     async def close(self) -> None:
         if self._client is not None:
@@ -213,17 +272,12 @@ class Forwarder:
             upstream = await client.request(head, ctx.body, head_request, left)
             status, reason, answer_headers = decode_answer_head(upstream, head_request)
         except Congested as error:
-            self._count_congestion(error)
+            self._congestion.note(error)
             raise
         except (UpstreamUnavailable, UpstreamInvalid) as error:
             self._errors.note(error)
             raise
         return Answer(status, answer_headers, upstream.body, reason, latency=upstream.latency)
-
-    def _count_congestion(self, error: Congested) -> None:
-        cause = error.cause or "pool_timeout"
-        self._congestion[cause] = self._congestion.get(cause, 0) + 1
-        self._congestion_metric.labels(cause).inc()
 
 
 def request_head(

@@ -46,6 +46,11 @@ Guarantees, per listener:
 - Deadlines are checked by one sweep per listener every SWEEP_FRACTION of the shortest timeout (between
   MIN_SWEEP and MAX_SWEEP seconds), not by a timer per request: a deadline is enforced that much late at
   most.
+- A protocol upgrade request (`Connection: upgrade`, a WebSocket handshake) is the last one read on its
+  connection. The site may answer it like any request (the connection then closes) or with a `Handover`:
+  once the answers before it are written, the connection — the request head, replayed, and every byte
+  the client sent after it — belongs to the protocol the handover builds, and this server lets go of it
+  (no deadline, cap or count of its own applies any more).
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -77,6 +82,8 @@ from proxy.metrics import Metrics
 # head is well under 4 KiB.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
+FIELD_FRAMING = 4  # ": " and CRLF around a header field's name and value, counted in the head's size
+HEAD_TOO_LARGE = f"request head over {MAX_HEAD_BYTES} bytes"
 MAX_TARGET_BYTES = 8 * 1024
 # Complete requests read ahead on one connection (pipelining) before reading pauses until they are
 # answered; their bodies together are also held to `max_body_bytes`.
@@ -116,6 +123,29 @@ class Request:
     peer: str
     received: float
     keep_alive: bool = True
+    upgrade: bool = False  # a protocol upgrade was asked for (`Connection: upgrade` with `Upgrade`)
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """A site's answer to an upgrade request it serves elsewhere: the connection goes to the protocol
+    `protocol()` builds, which receives `connection_made` and then the request head and whatever followed
+    it. `abandoned` is called instead if the client is gone by then."""
+
+    protocol: Callable[[], asyncio.Protocol]
+    abandoned: Callable[[], None] = _nothing
+
+
+def encode_head(request: Request) -> bytes:
+    """The request line and headers as received (names and values byte for byte, in order)."""
+    lines = [f"{request.method} {request.target} HTTP/{request.version}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in request.headers.items())
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +170,10 @@ class Limits:
 
 
 class Site(Protocol):
-    """What a listener serves: answers to whole requests, and the answer for a refused one."""
+    """What a listener serves: answers to whole requests (or, to an upgrade request, a handover), and the
+    answer for a refused one."""
 
-    async def handle(self, request: Request) -> Answer: ...
+    async def handle(self, request: Request) -> Answer | Handover: ...
 
     def refuse(self, error: SeawallError, request: Request) -> Answer:
         """The answer for a request the server refused (malformed, too large, too slow) or whose handler
@@ -269,9 +300,10 @@ class HttpServer:
         if count:
             self._metrics.listener_refused.labels(self.name, reason).inc(count)
 
-    def out_of_fds(self, error: OSError, refused: int) -> None:
-        """Count connections closed for lack of file descriptors; say so at most every interval."""
-        if not refused:
+    def out_of_fds(self, error: OSError, refused: int, shed: bool) -> None:
+        """Count connections closed for lack of file descriptors; say so at most every interval, also
+        when none could be closed (`shed` False: no descriptor to accept them on, so they wait)."""
+        if shed and not refused:
             return  # accept() fails so before it looks for a connection: none was waiting
         self.refused("fd_exhausted", refused)
         self._fd_refused += refused
@@ -287,6 +319,7 @@ class HttpServer:
                     "listener": self.name,
                     "error": errno.errorcode.get(error.errno or 0, str(error.errno)),
                     "refused": self._fd_refused,
+                    "shed": shed,
                     "open_connections": len(self._connections) + self._pending,
                     "fd_limit": soft,
                 }
@@ -337,6 +370,8 @@ class _Acceptor:
 
     def start(self) -> None:
         self._retry = None
+        if self._reserve is None:  # lost when out of descriptors, or never had (none left at start)
+            self._reserve = _open_reserve()
         self._loop.add_reader(self._sock.fileno(), self._accept)
 
     def stop(self) -> None:
@@ -385,22 +420,36 @@ class _Acceptor:
             server.adopt(sock)
 
     def _shed(self, error: OSError) -> None:
-        """Out of descriptors: accept each waiting connection on the reserve and close it at once."""
+        """Out of descriptors: accept each waiting connection on the reserve and close it at once.
+
+        Another thread (the default executor's getaddrinfo, Redis) or, with ENFILE, another process may
+        take the descriptor the reserve frees: the connections then wait, and the listener says so and
+        pauses, trying to get its reserve back each time it resumes."""
         refused = 0
+        shed = True
+        if self._reserve is None:
+            self._reserve = _open_reserve()
         while refused < ACCEPT_BATCH and self._reserve is not None:
             os.close(self._reserve)
             try:
-                sock: socket.socket | None = self._sock.accept()[0]
-            except OSError:
-                sock = None  # none waiting any more
-            if sock is not None:
-                sock.close()
-                refused += 1
-            self._reserve = _open_reserve()
-            if sock is None:
+                sock = self._sock.accept()[0]
+            except (BlockingIOError, InterruptedError):
+                self._reserve = _open_reserve()
+                break  # none waiting any more
+            except OSError as failure:
+                self._reserve = _open_reserve()
+                if failure.errno == errno.ECONNABORTED:
+                    continue  # that client gave up waiting: the next one
+                shed = False  # the freed descriptor was taken already (EMFILE, ENFILE), or worse
+                error = failure
                 break
-        self._server.out_of_fds(error, refused)
+            sock.close()
+            refused += 1
+            self._reserve = _open_reserve()
         if self._reserve is None:
+            shed = False
+        self._server.out_of_fds(error, refused, shed)
+        if not shed:
             self._pause()  # no way to shed: do not spin on a socket that stays readable
 
 
@@ -442,15 +491,20 @@ class _Connection(asyncio.Protocol):
         self._write_since: float | None = None  # an answer is waiting for the client to read
         self._closed_at: float | None = None
         self._closing = False  # read no more requests: answer those queued, then close
+        self._linger = False  # a request was refused: its client may still be sending it
         self._read_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
+        self._upgrading = False  # an upgrade request was read: what follows it is the new protocol's
+        self._upgrade_tail = b""
         self._reset_message()
 
     def _reset_message(self) -> None:
         self._in_head = False
+        self._head_began = False  # the head in progress began in the chunk being fed
         self._head_done = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # the target and the fields complete so far, as sent
+        self._head_read = 0  # bytes read after the chunk the head began in, while it was incomplete
         self._target = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._headers = _EMPTY_HEADERS
@@ -459,6 +513,7 @@ class _Connection(asyncio.Protocol):
         self._method = "UNKNOWN"
         self._version = ""
         self._keep_alive = True
+        self._upgrade = False
         self._expect_continue = False
 
     @property
@@ -493,14 +548,20 @@ class _Connection(asyncio.Protocol):
         self._wake_writer()
 
     def data_received(self, data: bytes) -> None:
+        if self._upgrading:
+            self._keep_for_upgrade(data)
+            return
         if self._closing:
             return
-        if self._in_head:
-            self._head_bytes += len(data)
+        self._head_began = False  # set by on_message_begin if a head begins in this chunk
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._closing = True  # the upgrade request is queued as a plain one; its answer ends it all
+        except httptools.HttpParserUpgrade as upgrade:
+            # The upgrade request is queued; nothing after it is read as HTTP. Its answer ends the
+            # connection, or a handover gives it, with these bytes, to the new protocol.
+            self._closing = True
+            self._upgrading = True
+            self._keep_for_upgrade(data[upgrade.args[0] :] if upgrade.args else b"")
         except httptools.HttpParserCallbackError as error:
             cause = error.__context__
             if isinstance(cause, _Refused):
@@ -518,12 +579,23 @@ class _Connection(asyncio.Protocol):
         else:
             if not self._in_head:
                 return
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(BadRequest(f"request head over {MAX_HEAD_BYTES} bytes"))
+            if not self._head_began:
+                # The head began before this chunk and is still incomplete: all of the chunk is head.
+                # This bounds what llhttp buffers of a field not yet complete (no callback for it yet).
+                self._head_read += len(data)
+            if self._head_read > MAX_HEAD_BYTES:
+                self._refuse(BadRequest(HEAD_TOO_LARGE))
             elif not self._raw_headers and data[-1:] == b"\n" and self._versionless(data):
                 # A request line ended without a version (HTTP/0.9): llhttp would wait for headers
                 # that such a client never sends.
                 self._refuse(BadRequest("HTTP/1.1 or HTTP/1.0 required"))
+
+    def _keep_for_upgrade(self, data: bytes) -> None:
+        """Hold what a client sent after its upgrade request; stop reading past MAX_HEAD_BYTES of it."""
+        self._upgrade_tail += data
+        if len(self._upgrade_tail) > MAX_HEAD_BYTES and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
 
     def _versionless(self, data: bytes) -> bool:
         """Whether `data` ends with this request's line, and the line ends at its target."""
@@ -537,11 +609,13 @@ class _Connection(asyncio.Protocol):
             raise _Stop
         self._reset_message()
         self._in_head = True
+        self._head_began = True
         self._reading = True
         if not self._busy:
             self._since = time.monotonic()
 
     def on_url(self, piece: bytes) -> None:
+        self._count_head(len(piece))
         self._target += piece
         if len(self._target) > MAX_TARGET_BYTES:
             raise _Refused(BadRequest(f"request target over {MAX_TARGET_BYTES} bytes"))
@@ -551,7 +625,13 @@ class _Connection(asyncio.Protocol):
             return  # a chunked body's trailer fields: framing, not request headers
         if len(self._raw_headers) >= MAX_HEADERS:
             raise _Refused(BadRequest(f"over {MAX_HEADERS} header fields"))
+        self._count_head(len(name) + len(value) + FIELD_FRAMING)
         self._raw_headers.append((name, value))
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _Refused(BadRequest(HEAD_TOO_LARGE))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -563,6 +643,7 @@ class _Connection(asyncio.Protocol):
             raise _Refused(BadRequest("HTTP/1.1 or HTTP/1.0 required"))
         self._version = version
         self._keep_alive = parser.should_keep_alive()
+        self._upgrade = parser.should_upgrade() and self._method != "CONNECT"
         headers = CIMultiDict(
             [
                 (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
@@ -607,6 +688,7 @@ class _Connection(asyncio.Protocol):
             self._peer,
             time.monotonic(),
             self._keep_alive,
+            self._upgrade,
         )
         if not self._keep_alive:
             self._closing = True  # nothing after a `Connection: close` request is read
@@ -618,6 +700,7 @@ class _Connection(asyncio.Protocol):
     def _refuse(self, error: BadRequest) -> None:
         """Refuse the request being read: answered in its turn, then the connection closes."""
         self._closing = True
+        self._linger = True
         self._reading = False
         self._in_head = False
         self._expect_continue = False
@@ -655,19 +738,42 @@ class _Connection(asyncio.Protocol):
             else:
                 request = item
                 try:
-                    answer = await self._site.handle(request)
+                    handled = await self._site.handle(request)
                 except Exception:  # a bug: the client still gets an answer, in the site's format
                     log.exception(
                         "unexpected error answering a request",
                         extra={"fields": {"listener": self._server.name}},
                     )
                     request.keep_alive = False
-                    answer = self._site.refuse(SeawallError("internal error in seawall"), request)
+                    handled = self._site.refuse(SeawallError("internal error in seawall"), request)
+                if isinstance(handled, Handover):
+                    await self._hand_over(handled, request)
+                    return
+                answer = handled
             # The last answer on the connection says so: the client asked, or nothing more is read.
             close = not request.keep_alive or (self._closing and not self._queue)
-            await self._write(answer, request, close)
+            close = await self._write(answer, request, close)
         finally:
             self._answered(close)
+
+    async def _hand_over(self, handover: Handover, request: Request) -> None:
+        """Give the connection to the handover's protocol: the request head replayed, then what followed."""
+        if self._write_paused:
+            await self._drained()  # the answers before it are the client's first
+        transport = self.transport
+        if transport is None or self._closed_at is not None or not request.upgrade:
+            handover.abandoned()
+            return
+        protocol = handover.protocol()
+        self.transport = None  # from here on, this object lets go of the connection
+        self._queue.clear()
+        self._server.left(self)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(encode_head(request) + self._upgrade_tail)
+        self._upgrade_tail = b""
+        if self._read_paused:
+            transport.resume_reading()
 
     def _answered(self, close: bool) -> None:
         self._busy = False
@@ -693,9 +799,11 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(CONTINUE)
 
-    async def _write(self, answer: Answer, request: Request, close: bool) -> None:
+    async def _write(self, answer: Answer, request: Request, close: bool) -> bool:
+        """Write the answer; return whether it announced `Connection: close` (the connection then
+        closes after it: a pipelined request behind it is never handled)."""
         if self.transport is None:
-            return  # the client left; the answer has nowhere to go
+            return close  # the client left; the answer has nowhere to go
         try:
             head, body = encode_answer(answer, request.method == "HEAD", close, request.version == "1.0")
         except ValueError:  # a header value with a line break: never written as is
@@ -703,6 +811,7 @@ class _Connection(asyncio.Protocol):
                 "answer with a malformed header refused", extra={"fields": {"listener": self._server.name}}
             )
             request.keep_alive = False
+            close = True
             head, body = encode_answer(
                 self._site.refuse(SeawallError("internal error in seawall"), request), False, True, False
             )
@@ -713,7 +822,7 @@ class _Connection(asyncio.Protocol):
             if self._write_paused:
                 self._write_since = time.monotonic()
                 await self._drained()
-            return
+            return close
         self._write_since = time.monotonic()
         transport.write(head)
         view = memoryview(body)
@@ -721,10 +830,11 @@ class _Connection(asyncio.Protocol):
             if self._write_paused:
                 await self._drained()
                 if self.transport is None:
-                    return
+                    return close
             transport.write(view[start : start + piece])
         if self._write_paused:
             await self._drained()
+        return close
 
     async def _drained(self) -> None:
         while self._write_paused and self.transport is not None:
@@ -774,7 +884,16 @@ class _Connection(asyncio.Protocol):
         self._closing = True
         if transport is not None and self._closed_at is None:
             self._closed_at = time.monotonic()
-            transport.close()
+            if self._linger and transport.can_write_eof():
+                # Closing with unread bytes makes the kernel send a reset, which can destroy the refusal
+                # before the client reads it: end the answer, read (and drop) what the client still
+                # sends until it closes, or until the write deadline (the sweep aborts).
+                transport.write_eof()
+                if self._read_paused:
+                    self._read_paused = False
+                    transport.resume_reading()
+            else:
+                transport.close()
 
     def abort(self) -> None:
         """Drop the connection now: a reset, and what the kernel still holds for the client freed too."""

@@ -4,6 +4,10 @@ It serves on Seawall's HTTP server (proxy/httpserver.py: deadlines, caps, framin
 it the exchange's front door: every method and path is the exchange's (no router), absolute-form targets
 and CONNECT are refused so Seawall is never an open proxy, and every answer Seawall gives itself
 (malformed HTTP included) is the exchange's error payload, recorded like any other request.
+
+A WebSocket handshake on one of the exchange's stream paths is handed over to the streams
+(proxy/streams/gate.py) on the same connection, so a bot reaches REST and streams by one base URL; any
+other upgrade request is forwarded as a plain request, as before.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from proxy.catalog import ErrorCatalog
 from proxy.config import ServerConfig
 from proxy.context import RequestContext
 from proxy.errors import BadRequest, SeawallError, local_answer
-from proxy.httpserver import Limits, Request
+from proxy.httpserver import Handover, Limits, Request
 from proxy.pipeline import Pipeline
 from proxy.recording import RequestRecorder
 from proxy.routing import DEFAULT_ROUTE, RouteTable
+from proxy.streams.gate import StreamGate
 
 
 def proxy_limits(server: ServerConfig) -> Limits:
@@ -41,20 +46,33 @@ class ProxyListener:
         pipeline: Pipeline,
         recorder: RequestRecorder,
         catalog: ErrorCatalog,
+        streams: StreamGate | None = None,
     ) -> None:
         self.limits = proxy_limits(server)
         self._routes = routes
         self._pipeline = pipeline
         self._recorder = recorder
         self._catalog = catalog
+        self._streams = streams
 
-    async def handle(self, request: Request) -> Answer:
+    def use_routes(self, routes: RouteTable) -> None:
+        """New routes (a config reload): requests read from now on are matched against them."""
+        self._routes = routes
+
+    async def handle(self, request: Request) -> Answer | Handover:
         target = request.target
         if request.method == "CONNECT" or not target.startswith("/"):
             # Absolute-form targets and CONNECT would make Seawall an open proxy: refused, never sent.
             request.keep_alive = False
             return self.refuse(BadRequest("only origin-form requests to the exchange are proxied"), request)
         path, _, query = target.partition("?")
+        if request.upgrade and self._streams is not None:
+            taken = self._streams.accept(request.method, path, request.headers)
+            if isinstance(taken, SeawallError):
+                request.keep_alive = False
+                return self.refuse(taken, request)
+            if taken is not None:
+                return Handover(taken.protocol, taken.abandoned)
         route, params = self._routes.match(request.method, decoded_path(path))
         keys = self._routes.scope_keys(route, params, request.headers, query, request.body)
         ctx = RequestContext(

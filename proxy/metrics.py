@@ -69,6 +69,32 @@ class Metrics:
             ["rule"],
             registry=r,
         )
+        self.ratelimit_queued = Gauge(
+            "seawall_ratelimit_queued",
+            "Requests waiting in a rule's queues (all its scopes) for budget.",
+            ["rule"],
+            registry=r,
+        )
+        self.ratelimit_effective_limit = Gauge(
+            "seawall_ratelimit_effective_limit",
+            "A rule's lowest effective limit among its scopes: the configured limit, unless lowered after "
+            "the exchange answered -1003 anyway or announced a lower one.",
+            ["rule"],
+            registry=r,
+        )
+        self.ratelimit_shadow = Counter(
+            "seawall_ratelimit_shadow",
+            "Requests a shadow rule (enforce: false) would have delayed or refused, by rule and reason; "
+            "none was delayed.",
+            ["rule", "reason"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "seawall_config_reloads",
+            "Config reloads (SIGHUP or a changed file), by result: applied, unchanged, invalid, refused.",
+            ["result"],
+            registry=r,
+        )
         self.circuit_state = Gauge(
             "seawall_circuit_state",
             "Breaker state: 0 closed, 1 half-open, 2 open.",
@@ -83,7 +109,8 @@ class Metrics:
         )
         self.dedup = Counter(
             "seawall_dedup",
-            "Deduplicated requests: coalesced, replayed, conflict.",
+            "Deduplicated requests: coalesced, replayed, conflict; unvouched: refused while shared state "
+            "could not tell whether another replica had sent the identity.",
             ["route", "kind"],
             registry=r,
         )
@@ -97,17 +124,38 @@ class Metrics:
             "1 when the shared-state backend answers, 0 when Seawall runs on local state.",
             registry=r,
         )
+        self.state_replicas = Gauge(
+            "seawall_state_replicas",
+            "Replicas sharing each budget through Redis, as their heartbeats last said (or as configured).",
+            registry=r,
+        )
+        self.state_rebuilding = Gauge(
+            "seawall_state_rebuilding",
+            "1 while shared state is rebuilt after Redis lost data (a restart, a failover): placements this "
+            "replica cannot vouch for are refused meanwhile.",
+            registry=r,
+        )
+        self.state_rebuilds = Counter(
+            "seawall_state_rebuilds",
+            "Times Redis was found to have lost what the replicas shared, by how it was noticed: "
+            "generation (its marker was gone), run_id (a master restarted or failed over), local (this "
+            "replica held decisions Redis never saw).",
+            ["reason"],
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "seawall_upstream_errors",
             "Failures to reach or read the exchange, by cause (dns, refused, tls, connect_timeout, "
-            "timeout, reset, closed, invalid).",
+            "timeout, reset, closed, invalid; deadline: sent, but cut by the request's deadline before "
+            "the exchange had its full answer time).",
             ["cause"],
             registry=r,
         )
         self.congestion = Counter(
             "seawall_congestion",
             "Requests answered locally because of Seawall's own congestion, not sent: no upstream "
-            "connection came free in time (pool_timeout), or too little of the deadline was left (deadline).",
+            "connection came free in time (pool_timeout), too little of the deadline was left (deadline), "
+            "or Seawall is out of descriptors, memory or ports to connect (local_resources).",
             ["cause"],
             registry=r,
         )
@@ -120,5 +168,50 @@ class Metrics:
         self.in_flight = Gauge(
             "seawall_in_flight_requests",
             "Bot requests being handled.",
+            registry=r,
+        )
+        self.cache = Counter(
+            "seawall_cache",
+            "Market-data coalescing and micro-cache, by route and result: hit, coalesced, miss, stored, "
+            "not_stored, evicted, bypass.",
+            ["route", "result"],
+            registry=r,
+        )
+        self.cache_entries = Gauge("seawall_cache_entries", "Answers held by the micro-cache.", registry=r)
+        self.cache_bytes = Gauge(
+            "seawall_cache_bytes", "Bytes of answers held by the micro-cache.", registry=r
+        )
+        # WebSocket streams (proxy/streams/). side: bot | upstream; kind: public | private.
+        self.ws_connections = Gauge(
+            "seawall_ws_connections",
+            "Open WebSocket connections, by side (bot, upstream) and kind (public, private).",
+            ["side", "kind"],
+            registry=r,
+        )
+        self.ws_messages = Counter(
+            "seawall_ws_messages",
+            "WebSocket frames, by direction (from_bot, to_upstream, from_upstream, to_bot) and kind.",
+            ["direction", "kind"],
+            registry=r,
+        )
+        self.ws_upstream_connects = Counter(
+            "seawall_ws_upstream_connects",
+            "Upstream WebSocket handshakes, by result: ok, refused (the exchange answered with an error "
+            "status), failed (unreachable, timed out), throttled (Seawall's connect rate: not attempted).",
+            ["result"],
+            registry=r,
+        )
+        self.ws_disconnects = Counter(
+            "seawall_ws_disconnects",
+            "Ended WebSocket connections, by reason: bot_closed, slow (cut off), unresponsive, "
+            "upstream_closed (a bot's stream ended with its upstream), shutdown, error; upstream_lost: an "
+            "upstream connection that ended without Seawall closing it.",
+            ["reason"],
+            registry=r,
+        )
+        self.ws_subscriptions = Gauge(
+            "seawall_ws_subscriptions",
+            "Public topics Seawall holds on the exchange, by topic kind (orderbook, ticker, trade, ...).",
+            ["kind"],
             registry=r,
         )

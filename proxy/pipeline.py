@@ -40,20 +40,24 @@ class Pipeline:
         metrics: Metrics,
         recorder: RequestRecorder,
     ) -> None:
-        self.policies = list(policies)
         self._forwarder = forwarder
         self._catalog = catalog
         self._metrics = metrics
         self._recorder = recorder
-        chain: Handler = self._forward_and_classify
-        for policy in reversed(self.policies):
-            chain = _link(policy, chain)
-        self._chain = chain
+        self.use(policies)
         # A plain counter read at scrape time: no lock taken twice per request.
         self._in_flight = 0
         metrics.in_flight.set_function(lambda: self._in_flight)
         # Label children cached by their label values: `labels()` takes a lock and builds a key each call.
         self._latency_histograms: dict[str, Any] = {}
+
+    def use(self, policies: Sequence[Policy]) -> None:
+        """Compose the chain (again, on a config reload): requests that start from now on go through the
+        new one; those under way finish in the chain they started in."""
+        chain: Handler = self._forward_and_classify
+        for policy in reversed(policies):
+            chain = _link(policy, chain)
+        self.policies, self._chain = list(policies), chain
 
     async def handle(self, ctx: RequestContext) -> Answer:
         """Run the chain; turn any failure into the exchange's payload; record the request once."""

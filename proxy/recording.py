@@ -26,6 +26,10 @@ class RequestRecorder:
         # Label children cached by their label values: `labels()` takes a lock and builds a key each call.
         self._request_counters: dict[tuple[str, str, str, str], Any] = {}
 
+    def use_level(self, request_log_level: int | None) -> None:
+        """The request log line's level from now on (a config reload); None: no line."""
+        self._request_log_level = request_log_level
+
     def record(self, ctx: RequestContext, answer: Answer) -> None:
         """Record one answered request (its outcome: `rejected` for a local answer not otherwise named)."""
         if answer.source == "local" and ctx.outcome == "forwarded":

@@ -18,8 +18,14 @@ Guarantees:
   `Congested(cause="deadline")` instead, and a connection it held goes back unused.
 - Every failure says whether anything was sent (`UpstreamUnreached` / `Congested`: provably nothing;
   `UpstreamUnavailable` / `UpstreamInvalid`: the request was written, the exchange may have acted on it)
-  and why (`cause`: dns, refused, tls, connect_timeout, timeout, reset, closed, invalid; for
-  `Congested`: pool_timeout, deadline).
+  and why (`cause`: dns, refused, tls, connect_timeout, timeout, reset, closed, invalid, deadline; for
+  `Congested`: pool_timeout, deadline, local_resources).
+- The exchange is blamed for silence only when it had its full budget: `connect_timeout` for a connect,
+  `answer_timeout` for the answer (or, where the deadline never leaves that much, all of it but
+  `min_send_time`). A wait the request's own deadline cut shorter is Seawall's: `Congested(deadline)`
+  before the request was written, `UpstreamUnavailable(cause="deadline")` after (still "sent").
+- Seawall's own lack of resources to connect (file descriptors, kernel memory, local ports) is
+  `Congested(cause="local_resources")`, never a failure of the exchange.
 - An idle connection is reused only while it is open and younger than IDLE_REUSE_SECONDS and the
   exchange's own `Keep-Alive: timeout=N` (less KEEP_ALIVE_MARGIN).
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import math
 import select
 import socket
@@ -51,9 +58,24 @@ KEEP_ALIVE_MARGIN = 1.0
 # Status line and headers of one answer: aiohttp's parser allowed ~8 KiB a field; an exchange's answers
 # carry well under 4 KiB in all. Anything larger is not an exchange answer.
 MAX_HEAD_BYTES = 64 * 1024
-# Retry-After of a request answered locally because no connection came free.
+# Retry-After of a request answered locally because no connection came free (or none could be opened).
 CONGESTED_RETRY_AFTER = 1.0
 TOO_LATE = "too little of the request's deadline was left to send it"
+CUT_BY_DEADLINE = (
+    "the request's deadline ran out before the exchange answered, with less than its full answer time"
+)
+# A connect that fails for want of Seawall's own resources says nothing about the exchange: out of file
+# descriptors (EMFILE, ENFILE), kernel memory (ENOBUFS, ENOMEM) or local ports (EADDRNOTAVAIL). Out of
+# descriptors, getaddrinfo fails too: CPython and libuv turn its EAI_SYSTEM into the errno, but a resolver
+# may report EAI_SYSTEM or EAI_MEMORY as such.
+LOCAL_RESOURCE_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
+)
+LOCAL_RESOLVER_ERRORS = frozenset(
+    code for code in (getattr(socket, "EAI_SYSTEM", None), getattr(socket, "EAI_MEMORY", None)) if code
+)
+OUT_OF_RESOURCES = "Seawall has no local resources left to open a connection to the exchange"
+LOCAL_RESOURCES = "local_resources"  # the Congested cause for it
 
 
 class UpstreamAnswer:
@@ -144,7 +166,12 @@ class _Connection(asyncio.Protocol):
         )
 
     def fail(self, error: Exception) -> None:
-        """End the exchange with `error` (timeout, oversize, garbage) and drop the connection."""
+        """End the exchange with `error` (timeout, oversize, garbage) and drop the connection; nothing if
+        its answer is already complete."""
+        if self._complete:
+            # The answer won: a timer that fell due in the same loop turn (after the answer resolved the
+            # waiter, before the request's task resumed) must not throw away a good connection.
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
@@ -303,15 +330,25 @@ def _keep_alive_timeout(value: bytes) -> float | None:
 
 
 def _time_out(connection: _Connection) -> None:
+    """The exchange had its full time to answer and did not: its failure."""
     connection.fail(UpstreamUnavailable("the exchange did not answer in time", cause="timeout"))
 
 
-def _connect_error(error: OSError) -> UpstreamUnreached:
+def _cut_by_deadline(connection: _Connection) -> None:
+    """The request's deadline ran out before the exchange had its full time: sent, but not its failure."""
+    connection.fail(UpstreamUnavailable(CUT_BY_DEADLINE, cause="deadline"))
+
+
+def _connect_error(error: OSError) -> UpstreamUnreached | Congested:
     """What a failure to connect was, for the operator: nothing was sent in any case."""
     if isinstance(error, ssl.SSLError):  # includes certificate verification; checked before OSError's
         return UpstreamUnreached("TLS with the exchange failed", cause="tls")
-    if isinstance(error, socket.gaierror):
+    if isinstance(error, socket.gaierror):  # errno holds an EAI_* code here, not an errno
+        if error.errno in LOCAL_RESOLVER_ERRORS:
+            return Congested(OUT_OF_RESOURCES, cause=LOCAL_RESOURCES, retry_after=CONGESTED_RETRY_AFTER)
         return UpstreamUnreached("the exchange's host name did not resolve", cause="dns")
+    if error.errno in LOCAL_RESOURCE_ERRNOS:
+        return Congested(OUT_OF_RESOURCES, cause=LOCAL_RESOURCES, retry_after=CONGESTED_RETRY_AFTER)
     if isinstance(error, TimeoutError):  # the kernel's own connect timeout (ETIMEDOUT)
         return UpstreamUnreached("the exchange did not accept a connection in time", cause="connect_timeout")
     if isinstance(error, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
@@ -338,8 +375,11 @@ class UpstreamClient:
         pool_timeout: float | None = None,
         answer_timeout: float | None = None,
         min_send_time: float = 0.0,
+        request_timeout: float | None = None,
     ) -> None:
-        """`pool_timeout` / `answer_timeout`: None leaves only the request's deadline to bound them."""
+        """`pool_timeout` / `answer_timeout`: None leaves only the request's deadline to bound them.
+        `request_timeout`: the whole deadline a request gets from its arrival (`upstream.timeout`), of
+        which `request`'s `timeout` is what is left; it says when a deadline cut the exchange short."""
         self._host = host
         self._port = port
         self._ssl = tls
@@ -348,6 +388,13 @@ class UpstreamClient:
         self._pool_timeout = math.inf if pool_timeout is None else pool_timeout
         self._answer_timeout = math.inf if answer_timeout is None else answer_timeout
         self._min_send_time = min_send_time
+        # How long the exchange must have had to answer for its silence to be its failure: answer_timeout,
+        # or, where the deadline never leaves that much, all of it but min_send_time. Without an
+        # answer_timeout the deadline is the exchange's whole budget.
+        self._full_answer_wait = 0.0
+        if answer_timeout is not None:
+            whole = math.inf if request_timeout is None else request_timeout - min_send_time
+            self._full_answer_wait = min(answer_timeout, whole)
         self._max_body = max_body
         self._idle: deque[_Connection] = deque()
         self._count = 0  # open or opening connections, idle or busy, and rights to open one handed over
@@ -365,10 +412,12 @@ class UpstreamClient:
     ) -> UpstreamAnswer:
         """Send one request (head and body bytes as given) and read its answer within `timeout` seconds.
 
-        Raises, when nothing was sent: Congested (no connection came free within pool_timeout, or less
-        than min_send_time of the deadline was left), UpstreamUnreached (the exchange could not be
-        reached, or shutting down). After sending: UpstreamUnavailable (no answer in time, connection
-        cut), UpstreamInvalid (an answer that is not valid HTTP/1.x or over the size cap).
+        Raises, when nothing was sent: Congested (no connection came free within pool_timeout, less
+        than min_send_time of the deadline was left, or Seawall is out of resources to connect),
+        UpstreamUnreached (the exchange could not be reached, or shutting down). After sending:
+        UpstreamUnavailable (no answer in time — `timeout`, or `deadline` when the exchange had less than
+        its full answer time —, connection cut), UpstreamInvalid (an answer that is not valid HTTP/1.x or
+        over the size cap).
         """
         loop = asyncio.get_running_loop()
         now = loop.time()  # uvloop's clock need not share time.monotonic()'s base: only differences
@@ -383,7 +432,11 @@ class UpstreamClient:
             if now >= send_by:
                 self._release(connection)  # unused: to the next waiter, or back to the pool as it was
                 raise Congested(TOO_LATE, cause="deadline")
-        timer = loop.call_at(min(deadline, now + self._answer_timeout), _time_out, connection)
+        answer_by = now + self._answer_timeout
+        if answer_by <= deadline or deadline - now >= self._full_answer_wait:
+            timer = loop.call_at(min(answer_by, deadline), _time_out, connection)
+        else:  # queueing spent what the exchange was due: running out now is not the exchange's failure
+            timer = loop.call_at(deadline, _cut_by_deadline, connection)
         try:
             await connection.begin(head + body if body else head, head_request)
         except BaseException:  # timeout, bad answer, or the caller cancelled: the connection is spent
@@ -491,6 +544,9 @@ class UpstreamClient:
         except BaseException as error:  # refused, out of time, TLS failure, or the caller cancelled
             self._pass_on(None)
             if isinstance(error, TimeoutError) and error.errno is None:  # our own bound ran out
+                # The exchange's failure only if it had its whole connect_timeout; a connect the deadline
+                # cut shorter is Seawall's congestion. (The config keeps connect_timeout + min_send_time
+                # under the deadline, so a request that did not queue always gives the exchange its due.)
                 if connect_by <= send_by:
                     raise UpstreamUnreached(
                         "the exchange did not accept a connection in time", cause="connect_timeout"

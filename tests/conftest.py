@@ -1,1 +1,1 @@
-pytest_plugins = ["fixtures_proxy", "fixtures_simulator", "fixtures_redis"]
+pytest_plugins = ["fixtures_proxy", "fixtures_simulator", "fixtures_redis", "fixtures_ratelimit"]

@@ -25,7 +25,7 @@ from proxy.answer import Answer
 from proxy.app import Seawall
 from proxy.config import BreakerConfig, BreakerRule
 from proxy.context import RequestContext
-from proxy.errors import CircuitOpen, RateLimited, UpstreamUnavailable
+from proxy.errors import CircuitOpen, Congested, RateLimited, UpstreamUnavailable, UpstreamUnreached
 from proxy.metrics import Metrics
 from proxy.policies.breaker import MAX_ACCOUNT_LABELS, MAX_SCOPES_PER_RULE, CircuitBreakerPolicy
 from proxy.routing import Route
@@ -325,7 +325,7 @@ async def test_transport_failures_trip_only_when_configured(trip_on_transport: b
     policy = make_policy(clock, trip_on_transport=trip_on_transport)
 
     async def unreachable() -> Answer:
-        raise UpstreamUnavailable("connection refused")
+        raise UpstreamUnreached("the exchange refused the connection", cause="refused")
 
     upstream.answer = unreachable
     for _ in range(2):
@@ -334,6 +334,36 @@ async def test_transport_failures_trip_only_when_configured(trip_on_transport: b
     upstream.answers(lambda: Answer(502, CIMultiDict(), b"<html>502 Bad Gateway</html>", name="HTTP_502"))
     await send(policy, upstream)
     assert state(policy) == ("open" if trip_on_transport else "closed")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UpstreamUnreached("proxy is shutting down"),  # Seawall stopping: no cause
+        UpstreamUnavailable("the request's deadline ran out before the exchange answered", cause="deadline"),
+        Congested("no upstream connection came free in time", cause="pool_timeout"),
+        Congested("Seawall has no local resources left", cause="local_resources"),
+    ],
+    ids=["shutting-down", "deadline-after-sending", "pool-timeout", "local-resources"],
+)
+async def test_failures_that_are_not_the_exchanges_neither_trip_nor_reset_the_count(
+    error: UpstreamUnavailable | Congested,
+) -> None:
+    clock, upstream = FakeClock(), Upstream()
+    policy = make_policy(clock, trip_on_transport=True)
+    await trip(policy, upstream, times=2)  # two of the three failures that open it
+
+    async def fails() -> Answer:
+        raise error
+
+    upstream.answer = fails
+    for _ in range(5):
+        with pytest.raises(type(error)):
+            await send(policy, upstream)
+    assert state(policy) == "closed"
+    assert policy.status()["trading"]["scopes"]["*"]["consecutive_failures"] == 2  # no news: kept, not reset
+    await trip(policy, upstream, times=1)
+    assert state(policy) == "open"
 
 
 async def test_routes_outside_every_rule_are_never_stopped() -> None:

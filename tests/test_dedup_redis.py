@@ -243,29 +243,39 @@ async def test_claim_of_a_replica_that_died_expires_and_the_retry_goes_through(
     assert len(upstream.seen) == 1
 
 
-async def test_redis_outage_degrades_dedup_to_each_replica_and_sharing_resumes_when_it_returns(
+async def test_redis_outage_holds_what_a_replica_saw_refuses_what_it_cannot_vouch_for_and_resumes(
     upstream: RecordingUpstream, start_seawall: StartSeawall, redis_server: RedisServer
 ) -> None:
     a, b = await replicas(start_seawall, 2, upstream.url, **shared(redis_server))
     async with aiohttp.ClientSession() as session:
-        await redis_server.stop()
-        # Still answered, and still deduplicated on the replica that saw the order.
         first = await place(session, a, {**MARKET_BUY, "client_order_id": "outage-1"})
+        assert first[0] == 200
+        await redis_server.stop()
+        await wait_until(lambda: not any(r.shared is not None and r.shared.up for r in (a, b)))
+        # The replica that placed it still answers its retry, from its own copy.
         retry = await place(session, a, {**MARKET_BUY, "client_order_id": "outage-1"})
-        assert (first[0], retry[0], retry[1]["X-Seawall"], retry[2]) == (200, 200, "dedup-replay", first[2])
-        assert len(upstream.seen) == 1
+        assert (retry[0], retry[1]["X-Seawall"], retry[2]) == (200, "dedup-replay", first[2])
         async with session.get(a.admin_url + "/readyz") as response:
             assert response.status == 200
             assert (await response.json())["checks"]["shared_state"].startswith("degraded")
-        # Documented: identities seen during the outage are held per replica only.
-        assert (await place(session, b, {**MARKET_BUY, "client_order_id": "outage-1"}))[0] == 200
-        assert len(upstream.seen) == 2
-        assert a.status()["dedup"]["local_fallbacks"] >= 1
-
-        await redis_server.start()
-        await wait_until(
-            lambda: a.shared is not None and a.shared.up and b.shared is not None and b.shared.up
+        # Another replica cannot tell whether it was placed: a transient refusal, not a second order.
+        elsewhere = await place(session, b, {**MARKET_BUY, "client_order_id": "outage-1"})
+        assert (elsewhere[0], elsewhere[1]["X-Seawall"], json.loads(elsewhere[2])["code"]) == (
+            429,
+            "state-unavailable",
+            -1003,
         )
+        assert "Retry-After" in elsewhere[1]
+        # Nor can any replica for an identity none of them holds; a request without identity goes through.
+        assert (await place(session, a, {**MARKET_BUY, "client_order_id": "outage-2"}))[0] == 429
+        assert (await place(session, b, {**MARKET_BUY}))[0] == 200
+        assert len(upstream.seen) == 2
+        assert b.status()["dedup"]["unvouched"] == 1 and a.status()["dedup"]["unvouched"] == 1
+
+        await redis_server.start()  # empty: the replicas rebuild it from what they hold
+        await wait_until(lambda: all(r.shared is not None and r.shared.healthy for r in (a, b)), timeout=10)
+        again = await place(session, b, {**MARKET_BUY, "client_order_id": "outage-1"})
+        assert (again[0], again[1]["X-Seawall"], again[2]) == (200, "dedup-replay", first[2])
         status, _, body = await place(session, a, {**MARKET_BUY, "client_order_id": "after-1"})
         twin = await place(session, b, {**MARKET_BUY, "client_order_id": "after-1"})
     assert (status, twin[0], twin[1]["X-Seawall"], twin[2]) == (200, 200, "dedup-replay", body)

@@ -37,5 +37,10 @@ def test_demo_runs_the_fleet_twice_and_shows_what_seawall_changed() -> None:
     assert int(through_outage) < int(straight_outage) / 3
     _, budget = _row(out, "share of the placement budget")
     assert int(budget.rstrip("%")) >= 80
+    # Market data: the fleet's polling is answered with data, for a few calls the exchange must answer.
+    _, with_data = _row(out, "  ... answered with data")
+    assert float(with_data.rstrip("%")) >= 99
+    straight_calls, through_calls = _row(out, "  ... calls the exchange had to answer")
+    assert int(through_calls) * 10 < int(straight_calls)
     assert "not built yet" not in out
     assert "Traceback" not in result.stderr

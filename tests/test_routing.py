@@ -31,7 +31,7 @@ def test_routes_are_named_by_method_and_path_with_a_default_for_the_rest() -> No
     assert table.match("GET", "/v1/order/123/trades")[0].name == "order.trades"
     assert table.match("GET", "/v1/order/123")[0].name == "order.get"
     assert table.match("GET", "/v1/public/system_info")[0].name == "public.system_info"
-    assert table.match("GET", "/v1/public/futures/PERP_ETH_USDC")[0].name == "public"
+    assert table.match("GET", "/v1/public/market_trades")[0].name == "public"
     assert table.match("PATCH", "/v1/order")[0].name == "default"
     assert table.match("GET", "/somewhere/else")[0].name == "default"
 

@@ -42,8 +42,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("policies", ("proxy.policies", "proxy.policies.*")),
     ("transport", ("proxy.upstream", "proxy.forward")),
     ("pipeline", ("proxy.recording", "proxy.pipeline")),
+    ("streams", ("proxy.streams", "proxy.streams.*")),
     ("edges", ("proxy.httpserver", "proxy.listener", "proxy.admin")),
-    ("app", ("proxy.app",)),
+    ("app", ("proxy.app", "proxy.reload")),
     ("simulator", ("proxy.simulator", "proxy.simulator.*")),
     ("entry", ("proxy.cli", "proxy.__main__", "proxy.demo", "proxy.demo.*")),
 ]
@@ -64,9 +65,23 @@ def layer_of(module: str) -> int:
     raise AssertionError(f"{module} belongs to no layer: add it to LAYERS and to docs/design.md")
 
 
-def runtime_imports(path: Path) -> Iterator[str]:
-    """The proxy modules `path` imports at run time (its TYPE_CHECKING blocks left out)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+def imported_from(node: ast.ImportFrom, package: str) -> str:
+    """The absolute name of the module a `from … import` reads from; a relative one (`from . import x`,
+    `from ..state import y`) resolved against `package`, the package of the importing module."""
+    if node.level == 0:
+        return node.module or ""
+    parts = package.split(".")
+    if node.level > len(parts):
+        raise AssertionError(f"`{ast.unparse(node)}` reaches above the top-level package {parts[0]!r}")
+    base = ".".join(parts[: len(parts) - node.level + 1])
+    return f"{base}.{node.module}" if node.module else base
+
+
+def runtime_imports(source: str, module: str, is_package: bool = False) -> Iterator[str]:
+    """The proxy modules that `source`, the text of `module`, imports at run time (its TYPE_CHECKING
+    blocks left out). `is_package`: the module is a package's `__init__`."""
+    package = module if is_package else module.rpartition(".")[0]
+    tree = ast.parse(source)
     type_only: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
@@ -76,20 +91,56 @@ def runtime_imports(path: Path) -> Iterator[str]:
             continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            origin = imported_from(node, package)
             # `from proxy.x import y` imports the module proxy.x.y where y is one (as import-linter
             # reads it), else the names of proxy.x.
-            submodules = [f"{node.module}.{alias.name}" for alias in node.names]
+            submodules = [f"{origin}.{alias.name}" for alias in node.names]
             names = [name for name in submodules if name in MODULES]
             if len(names) < len(submodules):
-                names.append(node.module)
+                names.append(origin)
         else:
             continue
         yield from (name for name in names if name in MODULES)
 
 
+def imports_of(path: Path) -> Iterator[str]:
+    return runtime_imports(path.read_text(encoding="utf-8"), module_name(path), path.name == "__init__.py")
+
+
 MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
-GRAPH = {module: sorted(set(runtime_imports(path)) - {module}) for module, path in MODULES.items()}
+GRAPH = {module: sorted(set(imports_of(path)) - {module}) for module, path in MODULES.items()}
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "is_package", "expected"),
+    [
+        ("from .breaker import BreakerStateStore", "proxy.state.backends", False, ["proxy.state.breaker"]),
+        (
+            "from . import breaker, nothing_here",
+            "proxy.state.backends",
+            False,
+            ["proxy.state.breaker", "proxy.state"],
+        ),
+        ("from .. import errors", "proxy.policies.dedup", False, ["proxy.errors"]),
+        ("from ..pipeline import Pipeline", "proxy.policies.dedup", False, ["proxy.pipeline"]),
+        ("from .dedup import DedupPolicy", "proxy.policies", True, ["proxy.policies.dedup"]),
+        ("from . import types", "proxy", True, ["proxy.types"]),
+        ("from .errors import SeawallError", "proxy.forward", False, ["proxy.errors"]),
+    ],
+)
+def test_relative_imports_are_resolved_against_the_importing_modules_package(
+    source: str, module: str, is_package: bool, expected: list[str]
+) -> None:
+    assert list(runtime_imports(source, module, is_package)) == expected
+
+
+def test_a_relative_import_from_a_policy_into_the_pipeline_is_caught() -> None:
+    """The rules hold for relative imports too: an upward import spelled `from ..pipeline` is found."""
+    names = list(runtime_imports("from ..pipeline import Pipeline\n", "proxy.policies.breaker"))
+    assert [name for name in names if layer_of(name) > layer_of("proxy.policies.breaker")] == [
+        "proxy.pipeline"
+    ]
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import ipaddress
+import json
 import socket
 import ssl
 import struct
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -28,7 +33,7 @@ from yarl import URL
 
 from proxy.errors import BadRequest, Congested, UpstreamInvalid, UpstreamUnavailable, UpstreamUnreached
 from proxy.forward import decode_answer_head, request_head
-from proxy.upstream import UpstreamAnswer, UpstreamClient
+from proxy.upstream import UpstreamAnswer, UpstreamClient, _connect_error
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{"success":true}'
 GET = b"GET /v1/positions HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -685,14 +690,15 @@ async def test_answer_timeout_bounds_the_wait_for_the_answer(serve: Serve, clien
         hold.set()
 
 
-async def test_connect_timeout_is_its_own_budget_and_says_so() -> None:
-    # A listener whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
+@pytest.fixture
+async def black_hole() -> AsyncIterator[int]:
+    """The port of a listener whose accept queue is full: the kernel drops further SYNs, so connecting
+    to it hangs, as to an exchange whose packets are dropped."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
     port = listener.getsockname()[1]
     fillers = [socket.socket() for _ in range(3)]
-    client = UpstreamClient("127.0.0.1", port, tls=None, limit=2, connect_timeout=0.2, max_body=1024)
     try:
         for filler in fillers:
             filler.setblocking(False)
@@ -704,6 +710,16 @@ async def test_connect_timeout_is_its_own_budget_and_says_so() -> None:
             pytest.skip("this kernel accepts connections past a full backlog")
         except TimeoutError:
             pass
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_connect_timeout_is_its_own_budget_and_says_so(black_hole: int) -> None:
+    client = UpstreamClient("127.0.0.1", black_hole, tls=None, limit=2, connect_timeout=0.2, max_body=1024)
+    try:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(UpstreamUnreached, match="did not accept a connection in time") as caught:
@@ -713,9 +729,71 @@ async def test_connect_timeout_is_its_own_budget_and_says_so() -> None:
         assert client.stats()["open"] == 0
     finally:
         await client.close()
-        for filler in fillers:
-            filler.close()
-        listener.close()
+
+
+async def test_a_connect_the_deadline_cut_short_is_seawalls_congestion(black_hole: int) -> None:
+    # 0.5 s left, 0.1 s of it kept for sending: the connect had 0.4 s of its 2 s. An unreachable exchange
+    # is not proven by that (the queue ate the rest), so it is Seawall's congestion, not the exchange's.
+    client = UpstreamClient(
+        "127.0.0.1", black_hole, tls=None, limit=2, connect_timeout=2.0, max_body=1024, min_send_time=0.1
+    )
+    try:
+        with pytest.raises(Congested, match="too little of the request's deadline") as caught:
+            await get(client, timeout=0.5)
+        assert caught.value.cause == "deadline"
+        assert client.stats()["open"] == 0
+    finally:
+        await client.close()
+
+
+async def test_an_answer_the_deadline_cut_short_is_sent_but_not_the_exchanges_failure(
+    serve: Serve, clients: Clients
+) -> None:
+    hold = asyncio.Event()
+
+    async def silent(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await hold.wait()
+        return False
+
+    server = await serve(silent)
+    # The exchange is due 2 s to answer; the rate-limit queue left this request 0.3 s.
+    client = clients(server, answer_timeout=2.0)
+    try:
+        with pytest.raises(
+            UpstreamUnavailable, match="deadline ran out before the exchange answered"
+        ) as caught:
+            await get(client, timeout=0.3)
+        assert caught.value.cause == "deadline"  # not "timeout": breakers leave it alone
+        assert not isinstance(caught.value, UpstreamUnreached)  # written: the outcome is unknown
+        assert len(server.requests) == 1
+        assert client.stats()["open"] == 0  # an answer may still come on it: never reused
+    finally:
+        hold.set()
+
+
+async def test_where_the_deadline_is_shorter_than_answer_timeout_losing_only_min_send_time_still_blames(
+    serve: Serve, clients: Clients
+) -> None:
+    hold = asyncio.Event()
+
+    async def silent(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await hold.wait()
+        return False
+
+    server = await serve(silent)
+    # As with the defaults (timeout 10 s, answer_timeout 10 s): no request ever has a whole answer_timeout,
+    # so one that lost at most min_send_time before it was written gave the exchange its full chance.
+    client = clients(server, answer_timeout=10.0, min_send_time=0.2, request_timeout=0.6)
+    try:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await get(client, timeout=0.6)  # sent at once
+        assert caught.value.cause == "timeout"
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await get(client, timeout=0.3)  # 0.3 s of 0.6 s spent queueing, more than min_send_time
+        assert caught.value.cause == "deadline"
+        assert len(server.requests) == 2
+    finally:
+        hold.set()
 
 
 async def test_a_request_is_never_written_with_less_than_min_send_time_left(
@@ -767,13 +845,13 @@ async def test_latency_is_the_exchanges_time_not_the_pool_wait(serve: Serve, cli
 
 
 async def test_the_exchanges_keep_alive_timeout_limits_reuse(serve: Serve, clients: Clients) -> None:
-    keep_alive = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1.25, max=100\r\nContent-Length: 2\r\n\r\n{}"
+    keep_alive = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2.5, max=100\r\nContent-Length: 2\r\n\r\n{}"
     server = await serve(answer_with(keep_alive))
     client = clients(server)
     for _ in range(2):
         assert (await get(client)).status == 200
-    assert server.connections == 1  # reused within the announced timeout less the margin (0.25 s)
-    await asyncio.sleep(0.35)  # the time under test: idle past 1.25 s - KEEP_ALIVE_MARGIN
+    assert server.connections == 1  # reused within the announced timeout less the margin (1.5 s)
+    await asyncio.sleep(1.6)  # the time under test: idle past 2.5 s - KEEP_ALIVE_MARGIN (under 15 s)
     assert (await get(client)).status == 200
     assert server.connections == 2  # not written into a connection the exchange is about to drop
     await wait_until(lambda: server.closed_connections == 1)  # the stale one was closed, not leaked
@@ -825,3 +903,174 @@ async def test_a_connection_closed_right_after_its_answer_is_not_written_into(
     queued = [start_get(client) for _ in range(10)]  # each handed the connection its predecessor used
     assert [answer.status for answer in await asyncio.gather(*queued)] == [200] * 10
     assert server.connections == 20 and len(server.requests) == 20
+
+
+# -- a timer that falls due in the turn its answer arrived ---------------------------------------------
+
+
+class ThreadedServer:
+    """Answers OK to every request from a thread of its own, so an answer can arrive while the test holds
+    the event loop. The first answer waits for `go`; `answered` is set once it is written."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.first_request = threading.Event()
+        self.answered = threading.Event()
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        sock.settimeout(0.1)
+        with sock:
+            pending = b""
+            while not self._stop.is_set():
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    return
+                pending += data
+                while b"\r\n\r\n" in pending:
+                    _, _, pending = pending.partition(b"\r\n\r\n")
+                    if not self.first_request.is_set():
+                        self.first_request.set()
+                        self.go.wait(5)
+                    sock.sendall(OK)
+                    self.answered.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.go.set()
+        for thread in self._threads:
+            thread.join(5)
+        self._listener.close()
+
+
+async def test_an_answer_that_beats_its_timer_by_a_loop_turn_keeps_its_connection() -> None:
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, uvloop.Loop):
+        # libuv runs due timers before it reads sockets, so the timer wins there and the answer is late;
+        # asyncio's loop reads first, then runs the timers due in the same turn: the race under test.
+        pytest.skip("the race is asyncio's: on uvloop the timer runs before the read")
+    server = ThreadedServer()
+    client = UpstreamClient("127.0.0.1", server.port, tls=None, limit=1, connect_timeout=2.0, max_body=1024)
+    try:
+        started = loop.time()
+        request = asyncio.ensure_future(get(client, timeout=0.5))
+        await wait_until(server.first_request.is_set)
+        server.go.set()
+        assert server.answered.wait(5)
+        # Hold the loop past the deadline, the answer waiting in the socket: the next turn reads it (and
+        # resolves the request) and then runs the timer that fell due meanwhile.
+        time.sleep(max(0.0, started + 0.5 - loop.time()) + 0.2)  # noqa: ASYNC251 - blocking is the point
+        assert (await request).status == 200
+        assert (await get(client)).status == 200
+        assert server.connections == 1  # the answered connection was not thrown away by its own timer
+    finally:
+        await client.close()
+        server.stop()
+
+
+# -- Seawall out of its own resources ------------------------------------------------------------------
+
+# Run in a process of its own: lower the descriptor limit, use up every descriptor, then ask the client
+# to open a connection; free them and ask again.
+OUT_OF_DESCRIPTORS = """
+import asyncio, errno, json, os, resource, sys
+import uvloop
+from proxy.errors import SeawallError
+from proxy.upstream import UpstreamClient
+
+host, port, loop_kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+GET = b"GET /v1/positions HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
+
+async def main() -> dict:
+    client = UpstreamClient(host, port, tls=None, limit=2, connect_timeout=2.0, max_body=1024)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(128, hard), hard))
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError as error:
+        assert error.errno == errno.EMFILE, error
+    try:
+        await client.request(GET, b"", False, 5.0)
+        result = {"error": None}
+    except SeawallError as error:
+        result = {"error": type(error).__name__, "cause": error.cause, "retry_after": error.retry_after}
+    for fd in held:
+        os.close(fd)
+    result["then"] = (await client.request(GET, b"", False, 5.0)).status
+    await client.close()
+    return result
+
+factory = uvloop.new_event_loop if loop_kind == "uvloop" else asyncio.new_event_loop
+with asyncio.Runner(loop_factory=factory) as runner:
+    print(json.dumps(runner.run(main())))
+"""
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])  # localhost: getaddrinfo needs descriptors too
+async def test_out_of_descriptors_is_seawalls_congestion_not_a_refusing_exchange(
+    serve: Serve, host: str
+) -> None:
+    server = await serve(answer_with(OK))
+    loop_kind = "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        OUT_OF_DESCRIPTORS,
+        host,
+        str(server.port),
+        loop_kind,
+        cwd=Path(__file__).parent.parent,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    result = json.loads(stdout)
+    # Nothing was sent and the exchange did nothing wrong: a local congestion, transient, no breaker news.
+    assert result == {"error": "Congested", "cause": "local_resources", "retry_after": 1.0, "then": 200}
+    assert len(server.requests) == 1  # only the request made once descriptors were free again
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (OSError(errno.ENFILE, "Too many open files in system"), "local_resources"),
+        (OSError(errno.ENOBUFS, "No buffer space available"), "local_resources"),
+        (OSError(errno.ENOMEM, "Cannot allocate memory"), "local_resources"),
+        (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), "local_resources"),  # no ports
+        (socket.gaierror(socket.EAI_MEMORY, "Memory allocation failure"), "local_resources"),
+        (socket.gaierror(socket.EAI_SYSTEM, "System error"), "local_resources"),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "dns"),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), "refused"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "refused"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else type(value).__name__ + str(value.args[0]),
+)
+def test_connect_failures_that_cannot_be_provoked_here_are_told_apart(error: OSError, cause: str) -> None:
+    """What the kernel or resolver may answer a connect, beyond what the descriptor test above provokes:
+    Seawall's own shortage is congestion (never a breaker's business), the rest the exchange's."""
+    failure = _connect_error(error)
+    assert failure.cause == cause
+    assert isinstance(failure, Congested if cause == "local_resources" else UpstreamUnreached)

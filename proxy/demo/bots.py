@@ -68,10 +68,13 @@ class Bot:
     async def close(self) -> None:
         await self.session.close()
 
-    async def call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Reply | None:
-        """Sign and send one request; None when the answer never came (transport error, timeout)."""
+    async def call(
+        self, method: str, path: str, payload: dict[str, Any] | None = None, *, signed: bool = True
+    ) -> Reply | None:
+        """Sign (unless `signed` is false: a public endpoint) and send one request; None when the answer
+        never came (transport error, timeout)."""
         body = orjson.dumps(payload) if payload is not None else b""
-        headers = orderly_headers(self.account_id, self.key, method, path, body)
+        headers = orderly_headers(self.account_id, self.key, method, path, body) if signed else {}
         self.tally.sent += 1
         started = time.monotonic()
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from proxy.demo.market import MarketResult
+
 
 @dataclass
 class PhaseResult:
@@ -17,6 +19,7 @@ class PhaseResult:
     budget_used: float  # placements the exchange accepted / what its limit allowed in that time
     max_in_window: int  # the most placements the exchange saw in any one window
     median_latency_ms: float | None  # public poller's median round trip
+    market: MarketResult | None = None  # the market-data act
 
 
 NOT_BUILT = "not built yet"
@@ -73,6 +76,7 @@ def render(straight: PhaseResult, through: PhaseResult, built: set[str], limit: 
             "",
         ),
     ]
+    rows += market_rows(straight.market, through.market)
     header = ("", "straight to the exchange", "through Seawall")
     table = [header] + [
         (label, left, right if (policy == "" or policy in built) else NOT_BUILT)
@@ -89,3 +93,31 @@ def render(straight: PhaseResult, through: PhaseResult, built: set[str], limit: 
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def market_rows(
+    straight: MarketResult | None, through: MarketResult | None
+) -> list[tuple[str, str, str, str]]:
+    """The market-data act's rows: (label, straight, through, the policy that makes the difference)."""
+    if straight is None or through is None:
+        return []
+    return [
+        (
+            f"market data: requests from {straight.bots} bots polling ({straight.seconds:.0f}s)",
+            str(straight.rest_requests),
+            str(through.rest_requests),
+            "",
+        ),
+        (
+            "  ... answered with data",
+            f"{straight.rest_data_share:.1%}",
+            f"{through.rest_data_share:.1%}",
+            "cache",
+        ),
+        (
+            "  ... calls the exchange had to answer",
+            str(straight.rest_upstream_calls),
+            str(through.rest_upstream_calls),
+            "cache",
+        ),
+    ]

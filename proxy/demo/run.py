@@ -1,9 +1,10 @@
 """`seawall demo`: the simulator, Seawall and a misbehaving bot fleet, on loopback, in about a minute.
 
-The same fleet runs twice — straight to the simulated exchange, then through Seawall — in three acts:
+The same fleet runs twice — straight to the simulated exchange, then through Seawall — in four acts:
 1. re-quote bursts: four bot processes share one key and burst placements past the 10/s limit;
 2. blind retries: the exchange accepts some orders but the answers are lost; the bot retries them;
-3. an outage: the exchange answers -1011 for a few seconds while the bots hammer retries.
+3. an outage: the exchange answers -1011 for a few seconds while the bots hammer retries;
+4. market data: twenty bots poll the same instruments and tickers, far past the per-IP public limit.
 Live progress is printed while it runs; a side-by-side table ends it. Nothing is left running.
 """
 
@@ -20,17 +21,19 @@ from typing import Any
 from proxy.app import Seawall
 from proxy.config_loader import build_config
 from proxy.demo.bots import Bot, Tally, blind_retries, hammer_through_outage, requote_bursts, ticker
+from proxy.demo.market import market_data
 from proxy.demo.report import PhaseResult, render
 from proxy.simulator.server import Simulator
 
 PLACEMENT_LIMIT = 10  # Orderly: POST /v1/order 10 per second per key
+MARKET_BOTS = 20
 
 
 def _seawall_config(upstream: str) -> Any:
     return build_config(
         {
             "profile": "orderly",
-            "upstream": {"url": upstream, "timeout": 2.0},
+            "upstream": {"url": upstream, "timeout": 2.0, "connect_timeout": 1.0},
             "listen": "127.0.0.1:0",
             "admin_listen": "127.0.0.1:0",
             "logging": {"level": "warning", "request_level": "off"},
@@ -119,6 +122,14 @@ async def run_fleet(label: str, sim: Simulator, base_url: str, scale: float, out
         reached = sim.counters.requests_by_route["order.place"] - reached_before
         local = tally.local_answers.get("circuit-open", 0) - local_before
         sim.clear_faults()
+
+        # Act 4: a fleet polls the same instruments and tickers as fast as answers come (own tally).
+        progress.tally = market_tally = Tally()
+        progress.act = "market data"
+        market = await market_data(
+            sim, base_url, creds.account_id, creds.secret, MARKET_BOTS, 4 * scale, market_tally
+        )
+        progress.tally = tally
     finally:
         reporter.cancel()
         for bot in bots:
@@ -132,6 +143,7 @@ async def run_fleet(label: str, sim: Simulator, base_url: str, scale: float, out
         budget_used=budget_used,
         max_in_window=max_in_window,
         median_latency_ms=latency,
+        market=market,
     )
 
 

@@ -8,7 +8,10 @@ locally, with the tripping code (X-Seawall: circuit-open, Retry-After = the rest
 Nothing reaches the exchange and, as this policy runs before the limiter, no rate budget is spent. After
 `reset_timeout` exactly one probe goes upstream while the others are still answered locally; its success
 closes the breaker, its failure re-opens it. The bot's own errors (-1005 bad params, -1101 risk, ...)
-neither trip a breaker nor reset its count; a success does reset it.
+neither trip a breaker nor reset its count; a success does reset it. Nor do failures that are not the
+exchange's: Seawall's own congestion, Seawall shutting down (an error with no cause), and a wait for the
+answer that the request's own deadline cut short (cause `deadline`: queueing left the exchange less than
+its full answer time).
 
 pybreaker runs the state machine and its listeners feed metrics and logs, but it has no asyncio support
 (its async helper needs Tornado) and, driven naively, lets every concurrent call through when half-open,
@@ -50,6 +53,10 @@ STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreak
 # A gateway in front of the exchange answers these with an HTML page when it cannot reach it.
 GATEWAY_FAILURES = frozenset({502, 503, 504})
 TRANSPORT_CODE = UpstreamUnavailable.code  # -1011: what Seawall answers for an unreachable exchange
+# Causes of an UpstreamUnavailable that say nothing about the exchange: none (Seawall shutting down; with
+# Redis, a replica stopping would otherwise publish an opening to all) and `deadline` (the request's own
+# deadline, mostly spent queueing, cut the wait for the answer short).
+NOT_THE_EXCHANGES = frozenset({None, "deadline"})
 MAX_SCOPES_PER_RULE = 1024  # bounds memory for per-account rules
 MAX_ACCOUNT_LABELS = 20  # per-account metric series per rule; later accounts share `<rule>:other`
 SUCCESS: Literal["success"] = "success"
@@ -171,9 +178,11 @@ class CircuitBreakerPolicy(Policy):
             raise
         try:
             answer = await call_next(ctx)
-        except UpstreamUnavailable:
+        except UpstreamUnavailable as error:
+            theirs = error.cause not in NOT_THE_EXCHANGES
             for ticket in tickets:
-                self._settle(ticket, TRANSPORT_CODE if ticket.scope.rule.trip_on_transport else None)
+                trips = theirs and ticket.scope.rule.trip_on_transport
+                self._settle(ticket, TRANSPORT_CODE if trips else None)
             await self._publish(tickets)
             raise
         except BaseException:

@@ -60,7 +60,11 @@ not abandon its order, and its answer is kept for the bot's retry.
 
 With `state: redis` the entries are shared: the guarantee holds across replicas (one claim per identity
 in Redis, twins on other replicas wait for its answer, a claim whose replica died expires after
-`dedup.lock_ttl`); if Redis fails, each replica dedups on its own memory (proxy/state/dedup_redis.py).
+`dedup.lock_ttl`). While Redis is down, or rebuilt after it lost data, a non-safe request whose identity
+this replica cannot vouch for (it holds nothing for it, and Redis cannot say) is refused with a transient
+-1003 (`StateUnavailable`, `Retry-After`) instead of being forwarded, where another replica may already
+have sent it: `dedup.on_unavailable: refuse`, the default, or `forward` (per rule too) to dedup on this
+replica's memory only (proxy/state/dedup_redis.py).
 """
 
 from __future__ import annotations
@@ -80,13 +84,14 @@ from proxy.context import RequestContext
 from proxy.errors import (
     DedupConflict,
     SeawallError,
+    StateUnavailable,
     UpstreamInvalid,
     UpstreamUnavailable,
     UpstreamUnreached,
 )
 from proxy.logs import log
 from proxy.metrics import Metrics
-from proxy.state.dedup import ANSWERED, DedupState, Kept, Settlement, StoredAnswer
+from proxy.state.dedup import ANSWERED, DedupState, Kept, Settlement, StoredAnswer, Unvouched
 from proxy.types import Handler, Policy
 
 # The exchange's "try again" codes (seed table): the request was refused, so a retry must go through.
@@ -136,11 +141,14 @@ class DedupPolicy(Policy):
         self._lookup_hint = config.lookup_hint
         self._metrics = metrics
         self._state = state
-        # Route -> (identity kind, ttl), built once; the first rule naming a route wins, `*` is the rest.
-        self._rules: dict[str, tuple[str, float]] = {}
+        # Route -> (identity kind, ttl, whether to refuse what cannot be vouched for), built once; the first
+        # rule naming a route wins, `*` is the rest.
+        self._rules: dict[str, tuple[str, float, bool]] = {}
         for rule in config.rules:
+            refuse = (rule.on_unavailable or config.on_unavailable) == "refuse"
             for route in rule.routes:
-                self._rules.setdefault(route, (rule.identity, rule.ttl or config.ttl))
+                self._rules.setdefault(route, (rule.identity, rule.ttl or config.ttl, refuse))
+        self._refuse = config.on_unavailable == "refuse"
         self._tasks: set[asyncio.Task[Answer]] = set()
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> Answer:
@@ -154,11 +162,23 @@ class DedupPolicy(Policy):
         found = self._identity(ctx, idempotency_key)
         if found is None:
             return await call_next(ctx)
-        kind, identity, fingerprint, ttl = found
+        kind, identity, fingerprint, ttl, refuse = found
         route = ctx.route.name
+        # A request that may change something on the exchange, whose identity another replica may have sent
+        # while shared state cannot tell: refused (transient) rather than sent a second time.
+        vouched_only = refuse and ctx.method not in SAFE_METHODS
         while True:
             # A refusal held for another payload never comes back from claim: this request took it over.
-            entry = await self._state.claim(identity, fingerprint)
+            try:
+                entry = await self._state.claim(identity, fingerprint, vouched_only=vouched_only)
+            except Unvouched as unvouched:
+                self._metrics.dedup.labels(route, "unvouched").inc()
+                raise StateUnavailable(
+                    "shared state (redis) is unavailable or being rebuilt, and this replica cannot tell "
+                    "whether another one already sent a request with this identity: nothing was sent, "
+                    "retry shortly",
+                    retry_after=unvouched.retry_after,
+                ) from None
             self._metrics.dedup_entries.set(self._state.size())
             if entry is None:
                 return await self._lead(ctx, call_next, identity, ttl)
@@ -184,19 +204,21 @@ class DedupPolicy(Policy):
 
     def _identity(
         self, ctx: RequestContext, idempotency_key: str | None
-    ) -> tuple[str, str, str, float] | None:
-        """(identity kind, identity, payload fingerprint, TTL) for the request, or None."""
+    ) -> tuple[str, str, str, float, bool] | None:
+        """(identity kind, identity, payload fingerprint, TTL, refuse when unvouched) for the request, or
+        None."""
         account = ctx.scope_value("account")
-        kind, ttl = self._rules.get(ctx.route.name) or self._rules.get("*") or ("", self._ttl)
+        rule = self._rules.get(ctx.route.name) or self._rules.get("*") or ("", self._ttl, self._refuse)
+        kind, ttl, refuse = rule
         if kind == "client_order_id" and ctx.client_order_id:
             identity = _digest("client_order_id", account, ctx.client_order_id)
-            return kind, identity, canonical_payload(ctx), ttl
+            return kind, identity, canonical_payload(ctx), ttl, refuse
         if idempotency_key:
             identity = _digest("idempotency_key", account, idempotency_key)
-            return "idempotency_key", identity, canonical_payload(ctx), self._ttl
+            return "idempotency_key", identity, canonical_payload(ctx), self._ttl, refuse
         if kind == "body_hash":
             payload = canonical_payload(ctx)
-            return kind, _digest("body_hash", account, payload), payload, ttl
+            return kind, _digest("body_hash", account, payload), payload, ttl, refuse
         return None
 
     def _unknown_conflict(self, kind: str, expires_in: float | None) -> DedupConflict:

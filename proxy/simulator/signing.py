@@ -69,9 +69,13 @@ class OrderlyKeyPair:
 
 
 def generate_orderly_keypair() -> OrderlyKeyPair:
-    private = Ed25519PrivateKey.generate()
-    seed = private.private_bytes_raw()
-    return OrderlyKeyPair(secret=b58encode(seed), public_key=orderly_public_key(seed))
+    # A seed with a leading zero byte base58-encodes to fewer characters (one '1' per zero byte), and ccxt
+    # decodes such a secret to a short seed and fails to sign ("Unable to load PEM file"): about one key
+    # in 256. The exchange's own keys are used as printed, so draw another rather than hand bots a bad one.
+    while True:
+        seed = Ed25519PrivateKey.generate().private_bytes_raw()
+        if seed[0] != 0:
+            return OrderlyKeyPair(secret=b58encode(seed), public_key=orderly_public_key(seed))
 
 
 def orderly_private_key(secret: str | bytes | Ed25519PrivateKey) -> Ed25519PrivateKey:

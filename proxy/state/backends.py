@@ -12,6 +12,7 @@ from __future__ import annotations
 from proxy.config import SeawallConfig
 from proxy.state.breaker import BreakerStateStore, MemoryBreakerStore
 from proxy.state.breaker_redis import RedisBreakerStore
+from proxy.state.cache import MemoryCache
 from proxy.state.dedup import DedupState, MemoryDedupState
 from proxy.state.dedup_redis import RedisDedupState
 from proxy.state.ratelimit import MemoryRateLimitState, RateLimitState
@@ -50,3 +51,9 @@ def dedup_state(config: SeawallConfig, link: RedisLink | None) -> DedupState:
         return local
     lock_ttl = config.dedup.lock_ttl
     return RedisDedupState(link, local, lock_ttl=lock_ttl, wait_limit=config.upstream.timeout + lock_ttl)
+
+
+def cache_store(config: SeawallConfig, link: RedisLink | None) -> MemoryCache:
+    """The micro-cache's entries: always this process's, even with `state.backend: redis` (an entry is
+    small and short-lived; a Redis round trip per hit would cost more than the call it saves)."""
+    return MemoryCache(config.cache.max_entries, config.cache.max_bytes)

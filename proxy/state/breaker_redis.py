@@ -2,7 +2,8 @@
 
 pybreaker drives each scope's state machine locally, on a `MemoryScopeStorage` (its storage interface is
 synchronous, so it cannot wait for Redis). What replicas share is a few facts per breaker scope, one Redis
-hash `<prefix>breaker:<rule>:<scope digest>` (the scope is a SHA-256 of the account or key, never the key):
+hash `<prefix>breaker:{<rule>:<scope digest>}` (the scope is a SHA-256 of the account or key, never the
+key; the braces are a hash tag, so on a Redis Cluster the hash and its probe key share a slot):
 `epoch` (openings so far), `state` (`open` or `closed`), `until` (end of the open period, Redis server
 milliseconds: replicas never compare their own clocks), `code` (the code that tripped it); and the
 half-open probe claim, `<...>:probe`, a key set with NX and a TTL.
@@ -215,7 +216,7 @@ class RedisBreakerStore:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def scope_storage(self, breaker: str, scope_id: str) -> BreakerScopeStorage:
-        return RedisScopeStorage(self, self.link.key("breaker", breaker, scope_id))
+        return RedisScopeStorage(self, self.link.key("breaker", "{" + breaker + ":" + scope_id + "}"))
 
     def release_later(self, key: str, token: str) -> None:
         """Drop our probe claim without making the (possibly cancelled) caller wait; its TTL is a backstop."""

@@ -76,6 +76,16 @@ class Entry:
     expires_in: float | None = None  # seconds a kept entry has left (None: in flight, or not known)
 
 
+class Unvouched(Exception):
+    """A claim asked to be vouched for (`vouched_only`) could not be: the shared state cannot decide now
+    (unreachable, or being rebuilt after it lost data) and this replica holds nothing for the identity, so
+    another replica may already have sent it. Nothing was claimed; the caller answers a transient error."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("shared dedup state cannot vouch for this identity now")
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True, slots=True)
 class Settlement:
     """How an in-flight request ended, as the twins waiting for it receive it: an answer or a local error.
@@ -92,11 +102,13 @@ class DedupState(Protocol):
 
     backend: str  # "memory" or "redis", for /status
 
-    async def claim(self, identity: str, fingerprint: str) -> Entry | None:
+    async def claim(self, identity: str, fingerprint: str, *, vouched_only: bool = False) -> Entry | None:
         """Take `identity` for this request, or return the live entry that holds it.
 
         None means the caller now owns the identity and must `settle` it exactly once. A `refused` entry
         with another fingerprint does not hold the identity: it is replaced by this claim (`takes_over`).
+        `vouched_only`: where a shared state cannot decide now and could only claim on this replica's own
+        memory, raise `Unvouched` instead, unless this replica holds the identity or is the only one.
         """
         ...
 
@@ -160,7 +172,7 @@ class MemoryDedupState:
         self._in_flight: dict[str, _InFlight] = {}
         self._kept: OrderedDict[str, _Kept] = OrderedDict()
 
-    async def claim(self, identity: str, fingerprint: str) -> Entry | None:
+    async def claim(self, identity: str, fingerprint: str, *, vouched_only: bool = False) -> Entry | None:
         now = self._clock()
         self._expire(now)
         flight = self._in_flight.get(identity)
@@ -185,6 +197,21 @@ class MemoryDedupState:
         if kept is None:
             return None
         return Entry(kept.state, kept.fingerprint, kept.answer, kept.expires_at - now)
+
+    def held(self) -> list[tuple[str, Entry]]:
+        """Every live entry, in flight or kept (with the seconds it has left): what a shared state writes
+        back when it lost its own."""
+        now = self._clock()
+        self._expire(now)
+        entries = [
+            (identity, Entry("in_flight", flight.fingerprint)) for identity, flight in self._in_flight.items()
+        ]
+        entries += [
+            (identity, Entry(kept.state, kept.fingerprint, kept.answer, kept.expires_at - now))
+            for identity, kept in self._kept.items()
+            if kept.expires_at > now
+        ]
+        return entries
 
     def forget(self, identity: str) -> None:
         """Drop the kept entry of `identity` (a claim in flight stays)."""

@@ -43,26 +43,34 @@ without a round trip and `/status` counts what this replica holds (entries settl
 counted: counting Redis would need a scan). A copy of a refusal answers only its identical twin; a request
 with another payload drops the copy and claims on Redis, where the takeover is decided for every replica.
 
-**Redis unreachable or slow** (`RedisLink.call` failed, or the link is down): dedup always falls back to
-the local memory state — `state.redis.on_unavailable: fail_closed` applies to rate limits only. New
-identities are claimed locally, so dedup then holds per replica: twins on one replica still coalesce, twins
-spread over replicas may each reach the exchange (for placements the exchange's own -1007 on a duplicate
-open client order id still applies). In flight at that moment: a claim this replica owns settles into the
-local copy (its retries here are held); a twin waiting on another replica's claim stops waiting and claims
-locally. When the link is back (`RedisLink.on_change`), new claims go to Redis again; entries made locally
-during the outage are kept until their TTL and consulted first on this replica (they are not copied to
-Redis).
+**Redis unreachable, slow, or forgetful** (`RedisLink.call` failed, or the link is down; or Redis lost
+data: `redis_fleet.py`). A claim asked to be vouched for (`vouched_only`: the policy's default for a
+non-safe request) is answered from this replica's memory when it holds the identity (a claim in flight
+here, a copy of an answer settled here), and otherwise refused with `Unvouched` — another replica may have
+sent it — unless `state.redis.replicas` is 1. Other claims are taken on local memory, as before. While the
+fleet rebuilds after Redis forgot, such a claim only looks in Redis (a record there is used) and is
+refused when Redis holds nothing. The claim script itself refuses to create a record on a server whose run
+id this replica does not know, or (off a Cluster) whose generation marker changed: a restarted or
+promoted master is noticed by the first claim, which also makes the fleet beat at once.
+
+Whatever Redis has not seen — claims taken on local memory, settlements that could not be written (the
+in-flight record's owner token is kept and refreshed, so twins elsewhere keep waiting) — is `unsynced`:
+the next beat that reaches Redis starts a new generation, and every replica writes back all it holds
+(`_write_back`: only where Redis holds nothing, or holds this replica's own unsettled claim). A local claim
+written back in flight is settled in Redis like any other when it ends, waking twins on other replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from proxy import errors
@@ -73,15 +81,21 @@ from proxy.state.dedup import (
     MemoryDedupState,
     Settlement,
     StoredAnswer,
+    Unvouched,
     takes_over,
 )
+from proxy.state.redis_fleet import WriteBack
 from proxy.state.redis_link import RedisLink, StateUnavailableError
 
 POLL_INTERVAL = 0.1  # a waiter re-reads the record this often, in case the pub/sub message was missed
 
-# KEYS[1] record; ARGV fingerprint, owner token, lock TTL ms. Nil: claimed — also when the record is a
-# refusal (`r`) of another payload, which this claim replaces. Else the record (HGETALL) followed by
-# TTL_FIELD and its remaining TTL in ms.
+# KEYS[1] record, KEYS[2] (not on a Cluster, where it is in another slot) the fleet's generation record;
+# ARGV fingerprint, owner token, lock TTL ms, '1' to look only (claim nothing), the run ids of the masters
+# this replica knows (comma-separated, '' unknown), the generation it knows. Nil: claimed — also when the
+# record is a refusal (`r`) of another payload, which this claim replaces; 0: nothing holds the identity
+# (looking only); -1: nothing holds it, but this server is not one this replica knows, or its generation
+# record changed — it may have forgotten a claim (restarted, promoted, flushed): nothing claimed. Else the
+# record (HGETALL) followed by TTL_FIELD and its remaining TTL in ms.
 CLAIM = """
 local state = redis.call('HGET', KEYS[1], 's')
 local replaced = redis.call('HGET', KEYS[1], 'r') and redis.call('HGET', KEYS[1], 'fp') ~= ARGV[1]
@@ -92,6 +106,12 @@ if state and not replaced then
   record[#record + 1] = redis.call('PTTL', KEYS[1])
   return record
 end
+if ARGV[4] == '1' then return 0 end
+if ARGV[5] ~= '' then
+  local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  if not id or not string.find(ARGV[5], id, 1, true) then return -1 end
+end
+if KEYS[2] and redis.call('HGET', KEYS[2], 'id') ~= ARGV[6] then return -1 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 's', 'f', 'fp', ARGV[1], 'o', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -126,6 +146,24 @@ for i, key in ipairs(KEYS) do
 end
 return 0
 """
+
+# KEYS[1] record; ARGV state ('f', 's', 'u'), '1' if a refusal, fingerprint, owner token ('' none), TTL
+# ms, meta, body. Writes the record only where Redis holds none, or holds this replica's own claim in
+# flight (the same owner token) that it could not settle there: anything else is newer than what a
+# replica could put back.
+WRITE_BACK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if ARGV[4] == '' or redis.call('HGET', KEYS[1], 'o') ~= ARGV[4] then return 0 end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], 's', ARGV[1], 'fp', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'o', ARGV[4]) end
+if ARGV[1] ~= 'f' then redis.call('HSET', KEYS[1], 'm', ARGV[6], 'b', ARGV[7]) end
+if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'r', '1') end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+WRITE_BACK_CONCURRENCY = 16  # write-back calls in flight at once (one key each: any Cluster slot)
 
 STATES: dict[bytes, Kept] = {b"s": "stored", b"u": "unknown"}
 KEEP_ARGS: dict[Kept, bytes] = {"stored": b"s", "refused": b"r", "unknown": b"u"}
@@ -185,21 +223,33 @@ class RedisDedupState:
         self._claim = link.client.register_script(CLAIM)
         self._settle = link.client.register_script(SETTLE)
         self._refresh = link.client.register_script(REFRESH)
+        self._write_back_script = link.client.register_script(WRITE_BACK)
         self._owned: dict[str, _Owned] = {}
+        # Identities decided on this replica's memory, or whose end Redis missed, that Redis has not seen
+        # yet (written back when it returns); and the owner token of the in-flight record Redis may hold
+        # for such a claim (refreshed meanwhile, so twins elsewhere keep waiting rather than claim).
+        self._unsynced: set[str] = set()
+        self._local_tokens: dict[str, str] = {}
+        # Claims that ended with nothing to keep while Redis could not be told: released when it answers
+        # again, so twins elsewhere stop waiting on them (else they wait out the lock TTL).
+        self._dropped: dict[str, str] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
         # Twins waiting on another replica's claim, by (identity, fingerprint).
         self._watched: dict[tuple[str, str], asyncio.Future[Settlement]] = {}
         self._watchers: dict[tuple[str, str], int] = {}
         self._link_up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.fallbacks = 0  # decisions taken on local state because Redis failed
+        self.unvouched = 0  # claims refused: shared state could not decide and this replica cannot vouch
         link.on_change(self._on_link_change)
+        link.fleet.on_rebuild(WriteBack(self._write_back, lambda: bool(self._unsynced)))
 
     def _key(self, identity: str) -> str:
         return self._link.key("dedup", identity)
 
     # -- DedupState -------------------------------------------------------------------------------------
 
-    async def claim(self, identity: str, fingerprint: str) -> Entry | None:
+    async def claim(self, identity: str, fingerprint: str, *, vouched_only: bool = False) -> Entry | None:
         entry = self._local.peek(identity)  # a local fallback claim, or a copy of an entry settled here
         if entry is not None:
             if not takes_over(entry.state, entry.fingerprint, fingerprint):
@@ -209,16 +259,32 @@ class RedisDedupState:
         owned = self._owned.get(identity)
         if owned is not None:
             return Entry("in_flight", owned.fingerprint)
+        # While Redis is being rebuilt it may not know yet what another replica holds: it may still answer
+        # from what it does hold (look only), but a claim it cannot see is not vouched for.
+        fleet = self._link.fleet
+        look_only = vouched_only and not self._link.healthy and not fleet.alone
         token = secrets.token_hex(8)
+        # The server must still be one this replica knows, holding the generation it knows: a restarted,
+        # promoted or flushed one may have forgotten a claim, before the next probe could tell.
+        keys = [self._key(identity)]
+        if not self._link.clustered and fleet.generation is not None:
+            keys.append(fleet.generation_key)
+        args: list[str | int] = [fingerprint, token, self._lock_ms, "1" if look_only else "0"]
+        args += [",".join(sorted(fleet.run_ids)), fleet.generation or ""]
         try:
-            record = await self._link.call(
-                lambda r: self._claim(
-                    keys=[self._key(identity)], args=[fingerprint, token, self._lock_ms], client=r
-                )
-            )
+            record = await self._link.call(lambda r: self._claim(keys=keys, args=args, client=r))
         except StateUnavailableError:
+            record = -1
+        if record == -1:  # Redis cannot decide: down, or it may have forgotten
             self.fallbacks += 1
+            if self._link.up:
+                fleet.suspect()  # tell at once, not at the next probe
+            if vouched_only and not fleet.alone:
+                raise self._unvouched() from None
+            self._unsynced.add(identity)
             return await self._local.claim(identity, fingerprint)
+        if record == 0:
+            raise self._unvouched()
         if record is None:
             future = asyncio.get_running_loop().create_future()
             self._owned[identity] = _Owned(fingerprint, token, future)
@@ -248,10 +314,17 @@ class RedisDedupState:
             return await self._local.wait(identity, fingerprint)
         return await self._wait_remote(identity, fingerprint)
 
+    def _unvouched(self) -> Unvouched:
+        self.unvouched += 1
+        return Unvouched(retry_after=self._link.config.retry_interval)
+
     async def settle(self, identity: str, settlement: Settlement, keep: Kept | None, ttl: float) -> None:
         owned = self._owned.get(identity)
         if owned is None:  # claimed on local state (Redis was down)
+            claimed = self._local.peek(identity)
             await self._local.settle(identity, settlement, keep, ttl)
+            if claimed is not None:
+                await self._sync_local(identity, claimed.fingerprint, settlement, keep, ttl)
             return
         # Twins here are answered at once; until the record is written, new ones still find the claim
         # (and its settled future). This replica's copy is made after Redis's, so when it has expired
@@ -266,12 +339,89 @@ class RedisDedupState:
         try:
             await self._link.call(lambda r: self._settle(keys=[self._key(identity)], args=args, client=r))
         except StateUnavailableError:
-            self.fallbacks += 1  # kept here only; elsewhere the claim expires after its lock TTL
+            self.fallbacks += 1  # kept here only, and written back when Redis returns
+            if keep is not None:
+                self._unsynced.add(identity)
+                self._local_tokens[identity] = owned.token
+            else:  # nothing to keep, but Redis may still hold the claim: twins elsewhere would wait on it
+                self._dropped[identity] = owned.token
         finally:
             if keep is not None:
                 answer = settlement.answer if keep in ANSWERED else None
                 self._local.keep(identity, owned.fingerprint, keep, answer, ttl)
             self._owned.pop(identity, None)
+
+    async def _sync_local(
+        self, identity: str, fingerprint: str, settlement: Settlement, keep: Kept | None, ttl: float
+    ) -> None:
+        """A claim decided on this replica's memory has ended: tell Redis, if it answers now (else it stays
+        unsynced, for the next write-back)."""
+        token = self._local_tokens.pop(identity, None)
+        if token is None and (keep is None or not self._link.up):
+            if keep is None:
+                self._unsynced.discard(identity)  # nothing to keep: nothing Redis must learn
+            return
+        try:
+            if token is not None:  # written back in flight: settle it there, waking twins elsewhere
+                meta, body = encode_settlement(settlement)
+                message = b" ".join((identity.encode(), fingerprint.encode(), meta)) + b"\n" + body
+                stored = b"" if keep is None else KEEP_ARGS[keep]
+                args: list[bytes | str | int] = [token, stored, max(1, int(ttl * 1000)), fingerprint]
+                args += [meta, body, self._channel, message]
+                await self._link.call(lambda r: self._settle(keys=[self._key(identity)], args=args, client=r))
+            else:
+                entry = self._local.peek(identity)
+                if entry is not None:
+                    await self._put_back(identity, entry)
+        except StateUnavailableError:
+            if token is not None:
+                self._local_tokens[identity] = token  # the record may still be there, in flight
+            return
+        self._unsynced.discard(identity)
+
+    async def _put_back(self, identity: str, entry: Entry, token: str = "") -> None:
+        """Write one entry this replica holds to Redis, unless Redis holds something for it already."""
+        if entry.state == "in_flight":
+            state, ttl_ms, meta, body = b"f", self._lock_ms, b"", b""
+        else:
+            state = KEEP_ARGS["stored" if entry.state == "refused" else entry.state]
+            ttl_ms = max(1, int((entry.expires_in or 0) * 1000))
+            lost = errors.UpstreamUnavailable("the answer was lost after sending")
+            meta, body = encode_settlement(
+                Settlement(answer=entry.answer, error=None if entry.answer else lost)
+            )
+        refused = "1" if entry.state == "refused" else ""
+        args: list[bytes | str | int] = [state, refused, entry.fingerprint, token, ttl_ms, meta, body]
+        await self._link.call(
+            lambda r: self._write_back_script(keys=[self._key(identity)], args=args, client=r)
+        )
+
+    async def _write_back(self) -> bool:
+        """Put back in Redis every entry this replica holds — copies of answers settled here, claims in
+        flight (this replica's on Redis, and those taken on its memory while Redis was away) — where Redis
+        holds nothing for the identity (after it lost data). True when all of it got through."""
+        await self._release_dropped()
+        synced = set(self._unsynced)
+        entries: list[tuple[str, Entry, str]] = []
+        for identity, entry in self._local.held():
+            if entry.state == "in_flight":  # claimed on memory: Redis must see it in flight, and its end
+                token = self._local_tokens.setdefault(identity, secrets.token_hex(8))
+            else:  # ended: replaces the record of its claim, if Redis still holds it
+                token = self._local_tokens.get(identity, "")
+            entries.append((identity, entry, token))
+        for identity, owned in self._owned.items():
+            entries.append((identity, Entry("in_flight", owned.fingerprint), owned.token))
+        try:
+            for start in range(0, len(entries), WRITE_BACK_CONCURRENCY):
+                batch = entries[start : start + WRITE_BACK_CONCURRENCY]
+                await asyncio.gather(*(self._put_back(*entry) for entry in batch))
+        except StateUnavailableError:
+            return False
+        for identity, entry, _ in entries:
+            if entry.state != "in_flight":
+                self._local_tokens.pop(identity, None)
+        self._unsynced -= synced
+        return True
 
     def counts(self) -> dict[str, int]:
         counts = self._local.counts()
@@ -279,6 +429,9 @@ class RedisDedupState:
         counts["entries"] += len(self._owned)
         counts["waiting_remote"] = sum(self._watchers.values())  # twins waiting on another replica's claim
         counts["local_fallbacks"] = self.fallbacks
+        counts["unvouched"] = self.unvouched
+        counts["unsynced"] = len(self._unsynced)
+        counts["to_release"] = len(self._dropped)
         return counts
 
     def size(self) -> int:
@@ -291,14 +444,16 @@ class RedisDedupState:
         self._tasks = [loop.create_task(self._listen()), loop.create_task(self._keep_locks())]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._releasing]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._releasing, return_exceptions=True)
         shutting_down = Settlement(error=errors.SeawallError("seawall is shutting down"))
         for owned in self._owned.values():
             if not owned.done.done():
                 owned.done.set_result(shutting_down)
         self._owned.clear()
+        self._local_tokens.clear()
+        self._dropped.clear()
         await self._local.close()
 
     # -- waiting for another replica --------------------------------------------------------------------
@@ -384,18 +539,41 @@ class RedisDedupState:
         """Extend the lock of every claim this replica holds, so only a dead owner's claim expires."""
         while True:
             await asyncio.sleep(self._lock_ttl / 3)
-            if not self._owned or not self._link.up:
+            held = [(identity, claim.token) for identity, claim in self._owned.items()]
+            held += list(self._local_tokens.items())
+            if not held or not self._link.up:
                 continue
             with contextlib.suppress(StateUnavailableError):
-                await self._refresh_locks(list(self._owned.items()))
+                await self._refresh_locks(held)
 
-    async def _refresh_locks(self, owned: list[tuple[str, _Owned]]) -> None:
-        keys = [self._key(identity) for identity, _ in owned]
-        args: list[str | int] = [self._lock_ms, *(claim.token for _, claim in owned)]
-        await self._link.call(lambda r: self._refresh(keys=keys, args=args, client=r))
+    async def _refresh_locks(self, held: list[tuple[str, str]]) -> None:
+        """One script call per Cluster slot (every key in one call on a single server)."""
+        groups: dict[int, list[tuple[str, str]]] = {}
+        for identity, token in held:
+            slot = key_slot(self._key(identity).encode()) if self._link.clustered else 0
+            groups.setdefault(slot, []).append((self._key(identity), token))
+        for group in groups.values():
+            args: list[str | int] = [self._lock_ms, *(token for _, token in group)]
+            await self._link.call(functools.partial(self._refresh, [key for key, _ in group], args))
 
     def _on_link_change(self, up: bool) -> None:
         if up:
             self._link_up.set()
+            if self._dropped:
+                task = asyncio.ensure_future(self._release_dropped())
+                self._releasing.add(task)
+                task.add_done_callback(self._releasing.discard)
         else:
             self._link_up.clear()
+
+    async def _release_dropped(self) -> None:
+        """Delete the claims this replica dropped while Redis could not be told, where it still holds them
+        (the owner token matches); a twin waiting elsewhere then claims again at its next look."""
+        for identity, token in list(self._dropped.items()):
+            args: list[bytes | str | int] = [token, b"", 1, "", b"", b"", self._channel, b""]
+            try:
+                await self._link.call(functools.partial(self._settle, [self._key(identity)], args))
+            except StateUnavailableError:
+                return
+            if self._dropped.get(identity) == token:
+                del self._dropped[identity]

@@ -11,7 +11,10 @@ still agree on when a slot frees.
 Per scope three keys, named by a hash of the scope (it may contain an API key): the slots in flight (a
 sorted set scored by a safety expiry — admission + upstream timeout + hold — so a replica that dies
 mid-request cannot hold a slot forever), the slots held after their answer (scored by their release
-time), and the cool-down deadline. Every key expires when its last slot does (bounded memory).
+time), and the cool-down deadline. Every key expires when its last slot does (bounded memory). Names:
+`<prefix>rl:{<tag>}:<rule>:<scope hash>:flying|held|cool`, the tag a hash of the value of the scope's
+first dimension, so on a Redis Cluster every key one decision touches is in one slot (one atomic script),
+and scopes spread over the masters.
 Releases go out in the background (`ratelimit_releases.py`); a cool-down is awaited, as the waiters it
 wakes must see it, and kept for Redis' return if it cannot be sent.
 
@@ -42,6 +45,7 @@ from proxy.state.ratelimit import Claim, ScopeUsage, SharedStateDown, Verdict, f
 from proxy.state.ratelimit_redis_lua import ACQUIRE, COOL_DOWN, HAND_OVER, RELEASE
 from proxy.state.ratelimit_releases import Release, ReleaseSender
 from proxy.state.ratelimit_share import LocalShare
+from proxy.state.redis_fleet import WriteBack
 from proxy.state.redis_link import RedisLink, StateUnavailableError
 
 MAX_KEY_NAMES = 10_000  # cached key names; the cache starts over beyond
@@ -92,7 +96,7 @@ class RedisRateLimitState:
         self._tickets = itertools.count()
         self._keys: dict[tuple[str, str], tuple[str, str, str]] = {}
         self._seen: dict[str, dict[str, _Seen]] = {}
-        self._share = LocalShare(link.config.replicas)
+        self._share = LocalShare(link.replicas or 1)  # re-counted from the heartbeats whenever used
         self._releases = ReleaseSender(
             link,
             client.register_script(RELEASE),
@@ -104,6 +108,7 @@ class RedisRateLimitState:
         self._cool_downs: deque[tuple[Sequence[Claim], Sequence[float], float]] = deque()  # kept
         self._rejoin: asyncio.Task[None] | None = None
         link.on_change(self._on_link_change)
+        link.fleet.on_rebuild(WriteBack(self._write_back, lambda: False))
 
     # --- decisions --------------------------------------------------------------------------------------
 
@@ -114,7 +119,7 @@ class RedisRateLimitState:
             keys = [key for claim in claims for key in self._keys_of(claim.rule, claim.scope)]
             args: list[Any] = [self._now_arg(now), ticket, self._expiry]
             for claim, queued in zip(claims, ahead, strict=True):
-                args += [claim.limit, claim.hold, claim.cost, queued]
+                args += [claim.limit, claim.hold, claim.cost, queued, int(claim.enforce)]
             try:
                 reply = await self._link.call(lambda r: self._acquire_script(keys, args, client=r))
             except StateUnavailableError:
@@ -123,6 +128,7 @@ class RedisRateLimitState:
                 return self._verdict(claims, reply, ticket, now)
         if self._fail_closed:
             raise SharedStateDown(retry_after=self._retry_after)
+        self._share.replicas = self._link.replicas or 1
         return await self._share.acquire(claims, ahead, now, f"L{self._replica}:{next(self._tickets)}")
 
     def _verdict(self, claims: Sequence[Claim], reply: list[Any], ticket: str, now: float) -> Verdict:
@@ -143,21 +149,23 @@ class RedisRateLimitState:
 
     # --- releases and cool-downs ------------------------------------------------------------------------
 
-    async def release(self, claims: Sequence[Claim], now: float, ticket: str = "") -> None:
+    async def release(
+        self, claims: Sequence[Claim], now: float, ticket: str = "", credit: float = 0.0
+    ) -> None:
         await self._rejoined()  # then a local slot is either handed over or still local
-        if await self._share.release(claims, now, ticket):
+        if await self._share.release(claims, now, ticket, credit):
             return
         for claim in claims:  # a slot in Redis (a local one handed over keeps its ticket there)
             seen = self._seen_of(claim, now)
             seen.in_flight = max(0, seen.in_flight - claim.cost)
             seen.quiet_at = max(seen.quiet_at, now + claim.hold)
-        self._releases.add(Release(claims, ticket, now))
+        self._releases.add(Release(claims, ticket, now, credit))
 
     def _hold_kept(self, releases: Sequence[Release]) -> None:
         """Releases kept while Redis is away: the local share counts their holds too."""
         now = self._clock()
         for release in releases:
-            self._share.hold_answered(release.claims, release.answered, now)
+            self._share.hold_answered(release.claims, release.answered, now, release.credit)
 
     async def cool_down(self, claims: Sequence[Claim], until: Sequence[float], now: float) -> None:
         await self._share.cool_down(claims, until, now)  # the local share must know too
@@ -184,6 +192,7 @@ class RedisRateLimitState:
             self._rejoin = asyncio.ensure_future(self._hand_over())
             return
         # Slots other replicas hold stay held: seed the local share with what this replica last saw.
+        self._share.replicas = self._link.replicas or 1
         now = self._clock()
         for rule, scopes in self._seen.items():
             for scope, seen in scopes.items():
@@ -226,6 +235,15 @@ class RedisRateLimitState:
                 self._cool_downs.appendleft((claims, deadlines, at))
         self._releases.resume()
 
+    async def _write_back(self) -> bool:
+        """Redis may have lost its slots (a restart, a failover): put back those this replica last saw in
+        use, where Redis holds none for the scope (the hand-over's `only_if_lost`)."""
+        await self._rejoined()
+        self._on_link_change(False)  # seeds the local share with them
+        self._rejoin = asyncio.ensure_future(self._hand_over())
+        await self._rejoined()
+        return self._link.up
+
     # --- names, clock -----------------------------------------------------------------------------------
 
     def _keys_of(self, rule: str, scope: str) -> tuple[str, str, str]:
@@ -235,7 +253,10 @@ class RedisRateLimitState:
             if len(self._keys) > MAX_KEY_NAMES:
                 self._keys.clear()
             digest = hashlib.blake2b(scope.encode(), digest_size=12).hexdigest()  # never the raw key
-            base = self._link.key("rl", rule, digest)
+            # One decision's keys share a Cluster slot: tagged by the scope's first dimension's value
+            # (config checks that the rules of one route start with the same dimension).
+            tag = hashlib.blake2b(scope.split("|", 1)[0].encode(), digest_size=8).hexdigest()
+            base = self._link.key("rl", "{" + tag + "}", rule, digest)
             keys = self._keys[(rule, scope)] = (base + ":flying", base + ":held", base + ":cool")
         return keys
 
@@ -291,3 +312,7 @@ class RedisRateLimitState:
         if self._rejoin is not None:
             await asyncio.gather(self._rejoin, return_exceptions=True)
         await self._releases.close()
+
+    def notify_released(self, callback: Callable[[Sequence[Claim]], None]) -> None:
+        """Releases reach Redis in the background: tell `callback` once each batch has landed."""
+        self._releases.on_sent = lambda batch: callback([c for release in batch for c in release.claims])

@@ -25,31 +25,32 @@ local function num(x) if x == math.huge then return 'inf' end return string.form
 """
 
 # KEYS: per claim its in-flight set, held set, cool-down. ARGV: now, ticket, in-flight expiry, then per
-# claim limit, hold, cost, ahead. -> {admitted, now, per claim: used, wait, cooling, clear}
+# claim limit, hold, cost, ahead, enforce ('1'; '0': a shadow rule's claim, which always fits, and whose
+# wait is the one it would have needed). -> {admitted, now, per claim: used, wait, cooling, clear}
 ACQUIRE = (
     LIB
     + """
 local now, ticket, expiry, n = clock(ARGV[1]), ARGV[2], tonumber(ARGV[3]), #KEYS / 3
 local fits, used, cooling = true, {}, {}
+local room = {}
 for i = 1, n do
-  local a = 3 + 4 * (i - 1)
+  local a = 3 + 5 * (i - 1)
   redis.call('ZREMRANGEBYSCORE', KEYS[3 * i - 2], '-inf', now)
   redis.call('ZREMRANGEBYSCORE', KEYS[3 * i - 1], '-inf', now)
   used[i] = redis.call('ZCARD', KEYS[3 * i - 2]) + redis.call('ZCARD', KEYS[3 * i - 1])
   cooling[i] = math.max(0, (tonumber(redis.call('GET', KEYS[3 * i])) or 0) - now)
-  if cooling[i] > 0 or used[i] + tonumber(ARGV[a + 4]) + tonumber(ARGV[a + 3]) > tonumber(ARGV[a + 1]) then
-    fits = false
-  end
+  local needs = used[i] + tonumber(ARGV[a + 4]) + tonumber(ARGV[a + 3])
+  room[i] = cooling[i] == 0 and needs <= tonumber(ARGV[a + 1])
+  if not room[i] and ARGV[a + 5] == '1' then fits = false end
 end
 local reply = {fits and 1 or 0, num(now)}
 for i = 1, n do
-  local flying, held, a = KEYS[3 * i - 2], KEYS[3 * i - 1], 3 + 4 * (i - 1)
+  local flying, held, a = KEYS[3 * i - 2], KEYS[3 * i - 1], 3 + 5 * (i - 1)
   local limit, hold = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local cost, ahead = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local wait = 0
-  if fits then
-    add(flying, now + hold + expiry, ticket, cost, hold + expiry)
-    used[i] = used[i] + cost
+  if room[i] or (fits and ARGV[a + 5] == '1') then
+    wait = 0
   elseif cost > limit then
     wait = math.huge  -- can never fit: the exchange would refuse it too
   else  -- the same lower bound as slot_wait in ratelimit.py
@@ -62,6 +63,10 @@ for i = 1, n do
       if release[2] then first = tonumber(release[2]) end
     end
     wait = math.max(first + rounds * hold - now, cooling[i], 0)
+  end
+  if fits then
+    add(flying, now + hold + expiry, ticket, cost, hold + expiry)
+    used[i] = used[i] + cost
   end
   local clear, last = 0, redis.call('ZRANGE', held, -1, -1, 'WITHSCORES')
   if last[2] then clear = tonumber(last[2]) - now end

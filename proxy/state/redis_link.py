@@ -14,8 +14,14 @@ link stays up for everyone else. A script Redis forgot (`NOSCRIPT`, after a rest
 loaded again by redis-py's `Script` and retried once, transparently.
 
 redis-py 8 would otherwise retry for ~4.8 s against a dead server and raise at once past its pool size
-(measured; docs/design.md): retries are off here, timeouts explicit, and the pool blocks briefly instead
-of raising.
+(measured; docs/design.md): retries are off here, timeouts explicit, and at most `CALLS_IN_FLIGHT` calls
+run at once (more wait their turn within their timeout), fewer than any pool holds.
+
+The client depends on `state.redis.mode` (`redis_clients.py`: one server, a Redis Cluster, or Sentinel).
+On a Cluster the probe pings every master, so the link comes back only once every slot is served again
+(after a failover, once the replica took over). Each probe also beats for this replica in Redis
+(`redis_fleet.py`): how many replicas share the budget, and whether Redis forgot what they shared.
+`healthy` is `up` and not rebuilding after such a loss.
 """
 
 from __future__ import annotations
@@ -26,31 +32,33 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import redis.asyncio as redis
-from redis.asyncio.connection import BlockingConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from proxy.config import RedisConfig
 from proxy.config_loader import redact_url
 from proxy.logs import log
 from proxy.metrics import Metrics
+from proxy.state.redis_clients import CALLS_IN_FLIGHT, Client, open_client
+from proxy.state.redis_errors import StateCallFailed, StateUnavailableError
+from proxy.state.redis_fleet import Fleet
+
+__all__ = ["RedisLink", "StateCallFailed", "StateUnavailableError"]
 
 T = TypeVar("T")
 
 
-class StateUnavailableError(Exception):
-    """Redis did not answer (in time); the caller falls back to local state or fails closed."""
-
-
-class StateCallFailed(StateUnavailableError):
-    """Redis answered this one call with an error (a script error, OOM): the caller decides this request
-    per its fail mode, as in an outage, but the link stays up."""
-
-
 # Replies that mean this server cannot serve state now, whatever the command: treated as the link down.
-_LINK_DOWN_REPLIES = (BusyLoadingError, ReadOnlyError)
+_LINK_DOWN_REPLIES = (BusyLoadingError, ReadOnlyError, ClusterDownError)
+# Failures that say Redis cannot be used (a Cluster whose slots are not all served raises the last one).
+_LINK_DOWN_ERRORS = (RedisError, OSError, TimeoutError, RedisClusterException)
 _ERROR_LOG_INTERVAL = 5.0  # seconds between two log lines for one kind of call error
 
 
@@ -58,28 +66,33 @@ class RedisLink:
     def __init__(self, config: RedisConfig, metrics: Metrics) -> None:
         self.config = config
         self.prefix = config.key_prefix
+        self.clustered = config.mode == "cluster"
         self._metrics = metrics
-        pool = BlockingConnectionPool.from_url(
-            config.url,
-            max_connections=64,
-            timeout=config.timeout,  # wait this long for a free connection, then fail
-            socket_timeout=config.timeout,
-            socket_connect_timeout=config.timeout,
-            retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 0),  # no hidden retries: the link decides what a failure means
-            protocol=2,
-        )
-        self.client: redis.Redis = redis.Redis(connection_pool=pool)
+        self.client: Client
+        self.client, self._sentinels = open_client(config)
+        self._calls = asyncio.Semaphore(CALLS_IN_FLIGHT)
         self._up: bool | None = None  # unknown until the first ping, whose result is always logged
         self._probe: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[bool], None]] = []
         self._error_logged: dict[str, float] = {}  # kind of call error -> when it was last logged
         self.call_errors = 0  # calls Redis answered with an error (shown in /status)
         metrics.state_backend_up.set(0)
+        self.fleet = Fleet(self, metrics)
 
     @property
     def up(self) -> bool:
         return bool(self._up)
+
+    @property
+    def healthy(self) -> bool:
+        """Redis answers and holds everything the replicas shared: not rebuilding after it forgot."""
+        return bool(self._up) and self.fleet.settled
+
+    @property
+    def replicas(self) -> int | None:
+        """How many replicas share each budget: `state.redis.replicas` if set, else the replicas that
+        announced themselves at the last heartbeat (None: never counted, Redis was never reached)."""
+        return self.config.replicas or self.fleet.known
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -89,32 +102,45 @@ class RedisLink:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        """Try Redis once (startup must not hang on it), then keep probing in the background."""
+        """Try Redis once (startup must not hang on it), then keep probing in the background. When Redis
+        answers, wait (briefly, bounded) until the replicas' shared state is settled, so a replica starts
+        deciding on Redis rather than refusing what it cannot vouch for."""
         await self._ping()
         self._probe = asyncio.ensure_future(self._probe_loop())
+        if self._up:
+            await self.fleet.settle(within=2 * self.fleet.ttl + 4 * self.config.timeout)
 
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+        await self.fleet.close()
         await self.client.aclose()
+        if self._sentinels is not None:
+            await self._sentinels.aclose()
 
     def ready(self) -> tuple[bool, str, str]:
         """Ready while Redis answers; without it, still ready when serving on local state (degraded)."""
+        if self._up and not self.fleet.settled:
+            return True, "shared_state", "degraded: redis lost data, replicas are writing back what they hold"
         if self._up:
             return True, "shared_state", "ok"
         if self.config.on_unavailable == "local_share":
             return True, "shared_state", "degraded: redis unreachable, serving on local state"
         return False, "shared_state", "failing: redis unreachable, failing closed"
 
-    async def call(self, operation: Callable[[redis.Redis], Awaitable[T]]) -> T:
+    def describe(self) -> dict[str, Any]:
+        """For /status: the mode, whether Redis answers, and what the replicas' heartbeats say."""
+        return {"mode": self.config.mode, "up": self.up, **self.fleet.describe()}
+
+    async def call(self, operation: Callable[[Any], Awaitable[T]]) -> T:
         """Run one Redis operation, bounded in time; any failure marks the link down and raises
         StateUnavailableError (never a raw Redis error, whose text could carry the URL)."""
         if not self._up:
             raise StateUnavailableError("shared state is down")
         try:
-            async with asyncio.timeout(self.config.timeout * 2):
+            async with asyncio.timeout(self.config.timeout * 2), self._calls:
                 return await operation(self.client)
         except ResponseError as error:
             if isinstance(error, _LINK_DOWN_REPLIES):
@@ -122,7 +148,7 @@ class RedisLink:
                 raise StateUnavailableError("shared state cannot serve now") from None
             self._call_failed(error)
             raise StateCallFailed("shared state refused the call") from None
-        except (RedisError, OSError, TimeoutError) as error:
+        except _LINK_DOWN_ERRORS as error:
             self._set(False, type(error).__name__)
             raise StateUnavailableError("shared state did not answer") from None
 
@@ -151,11 +177,15 @@ class RedisLink:
     async def _ping(self) -> None:
         try:
             async with asyncio.timeout(self.config.timeout * 2):
-                await self.client.ping()
-        except (RedisError, OSError, TimeoutError) as error:
+                if isinstance(self.client, RedisCluster):  # every master: each serves its share of slots
+                    await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
+                else:
+                    await self.client.ping()
+        except _LINK_DOWN_ERRORS as error:
             self._set(False, type(error).__name__)
         else:
             self._set(True, None)
+            await self.fleet.beat()
 
     async def _probe_loop(self) -> None:
         while True:
@@ -174,5 +204,6 @@ class RedisLink:
             log.info("shared state (redis) is up", extra={"fields": fields})
         else:
             log.warning("shared state (redis) is down: serving on local state", extra={"fields": fields})
+            self.fleet.lost()
         for listener in self._listeners:
             listener(up)
