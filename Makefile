@@ -39,6 +39,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ratelimit_goodput.py
 	$(BIN)/python benchmarks/replicas_redis.py
 	$(BIN)/python benchmarks/soak_memory.py
+	$(BIN)/python benchmarks/ratelimit_network.py
+	$(BIN)/python benchmarks/ratelimit_fairness.py
+	$(BIN)/python benchmarks/ratelimit_learning.py
+	$(BIN)/python benchmarks/redis_cluster.py
+	$(BIN)/python benchmarks/market_data.py
+	$(BIN)/python benchmarks/streams.py
 
 clean:
 	rm -rf $(VENV) .venv-connector .pytest_cache .mypy_cache .ruff_cache

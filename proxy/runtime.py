@@ -1,4 +1,5 @@
-"""How Seawall's processes run: the event loop they run on and the signals that stop them.
+"""How Seawall's processes run: the event loop they run on, the signals that stop them and the one that
+reloads the config.
 
 Shared by the CLI, the demo and the benchmarks, so none of them imports another to get it.
 """
@@ -19,6 +20,17 @@ def run_event_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return asyncio.run(main())
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main())
+
+
+def on_reload_signal(reload: Callable[[], Any]) -> Callable[[], None]:
+    """Call `reload` on SIGHUP (the Unix way to tell a daemon its config changed); returns the undo."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reload)
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return undo
 
 
 async def wait_for_stop_signal() -> None:

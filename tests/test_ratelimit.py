@@ -308,8 +308,11 @@ async def test_upstream_1003_cools_the_scope_down_then_traffic_resumes(
 ) -> None:
     window = 1.0
     sim = await sim_factory("orderly", limits={"order_create": (3, window)})
-    seawall = await seawall_in_front(
-        start_seawall, sim.base_url, [rule("order.place", ["order.place"], 3, window, max_wait=2.0)]
+    seawall = await seawall_in_front(  # the cool-down alone (learning lowers the limit too: its own tests)
+        start_seawall,
+        sim.base_url,
+        [rule("order.place", ["order.place"], 3, window, max_wait=2.0)],
+        learning={"enabled": False},
     )
     assert sim.demo_credentials is not None
     other_bot = SignedClient(sim_http, sim.base_url, sim.demo_credentials)  # shares the key, bypasses us

@@ -2,11 +2,15 @@
 
 A request admitted by a rule takes `cost` slots of its scope (a batch order costs its number of orders)
 and holds them from admission — just before the send — until `hold` seconds (the rule's window plus the
-margin) after its answer arrives. The exchange stamps a request somewhere between our send and its
-answer, so a slot held that long is out of the exchange's sliding window before anyone reuses it, whatever
-the latency (measured on loopback, 50 clients on one 10/s budget: a log stamped at send time let 31
-requests earn -1003; holding until answer + window, none). A scope with room is one with
-`used + cost <= limit` and no cool-down running.
+margin) after its answer arrives, less the `credit` its release is given: what the measured network
+proves about when the exchange counted it (`ratelimit_network.py`; 0 without a measurement). The exchange
+counts a request somewhere between our send and its answer, so a slot held that long is out of the
+exchange's sliding window before anyone reuses it, whatever the latency (measured on loopback, 50 clients
+on one 10/s budget: a log stamped at send time let 31 requests earn -1003; holding until answer + window,
+none). A scope with room is one with `used + cost <= limit` and no cool-down running.
+
+A claim with `enforce=False` (a shadow rule) always fits and takes its slots like any other, so its scope
+counts the real traffic; its verdict's wait says how long the request would have waited under it.
 
 The interface, `RateLimitState`:
 - `acquire(claims, ahead, now)` takes the slots of every claim or of none (all-or-none across the rules
@@ -16,9 +20,9 @@ The interface, `RateLimitState`:
   `slot_wait`, which the Lua form in `ratelimit_redis_lua.py` mirrors). A state that cannot decide at all
   (its shared store is unreachable and it is configured to fail closed) raises `SharedStateDown`; the
   policy, not the state, turns that into the bot's answer;
-- `release(claims, now, ticket)` starts the hold-after-answer countdown of the slots an admitted
-  verdict's `ticket` names; `cool_down(claims, until)` marks scopes full until `until` (the exchange
-  answered -1003 anyway: someone else shares the key);
+- `release(claims, now, ticket, credit)` starts the hold-after-answer countdown (`hold - credit`, never
+  below 0) of the slots an admitted verdict's `ticket` names; `cool_down(claims, until)` marks scopes full
+  until `until` (the exchange answered -1003 anyway: someone else shares the key);
 - `usage(now)`, `busiest_share(rule, now)`, `drop_idle(now, idle_for)`, `describe()` for /status, metrics
   and bounded memory; `close()` once, after the last request.
 
@@ -29,6 +33,7 @@ module imports nothing of the proxy: states report (a verdict, `SharedStateDown`
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -55,12 +60,15 @@ class Claim:
     limit: int
     hold: float
     cost: int
+    enforce: bool = True  # False: a shadow rule's claim, which always fits (module docstring)
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     admitted: bool
-    waits: tuple[float, ...]  # per claim: lower bound on the seconds until it has room (0.0: room now)
+    # Per claim: lower bound on the seconds until it has room (0.0: room now). Admitted, 0.0 for every
+    # enforced claim; a shadow claim's is how long it would have waited, had it been enforced.
+    waits: tuple[float, ...]
     cooling: tuple[bool, ...]  # per claim: its scope is cooling down after an upstream -1003
     ticket: str = ""  # admitted: names its slots for `release` (a shared state must know whose they are)
 
@@ -79,7 +87,9 @@ class RateLimitState(Protocol):
         """Take the slots of every claim or of none; may raise `SharedStateDown`."""
         ...
 
-    async def release(self, claims: Sequence[Claim], now: float, ticket: str = "") -> None: ...
+    async def release(
+        self, claims: Sequence[Claim], now: float, ticket: str = "", credit: float = 0.0
+    ) -> None: ...
 
     async def cool_down(self, claims: Sequence[Claim], until: Sequence[float], now: float) -> None: ...
 
@@ -95,6 +105,11 @@ class RateLimitState(Protocol):
 
     async def close(self) -> None:
         """Let what is under way finish; called once, after the last request."""
+        ...
+
+    def notify_released(self, callback: Callable[[Sequence[Claim]], None]) -> None:
+        """Call `callback` with the claims of releases that took effect later than `release` returned
+        (a shared state sends them in the background), so that waiters re-plan then."""
         ...
 
 
@@ -144,9 +159,11 @@ class _Scope:
         return self.in_flight + self.releasing
 
     def add_release(self, until: float, slots: int) -> None:
-        if self.releases and self.releases[-1][0] > until:  # keep it sorted (a hold changed, a clock quirk)
-            until = self.releases[-1][0]
-        self.releases.append((until, slots))
+        # Sorted by release time: with a credit per request, a later answer may free its slot earlier.
+        if not self.releases or self.releases[-1][0] <= until:
+            self.releases.append((until, slots))
+        else:
+            bisect.insort(self.releases, (until, slots))
         self.releasing += slots
 
     def wait(self, now: float, limit: int, hold: float, slots_needed: int) -> float:
@@ -214,25 +231,34 @@ class MemoryRateLimitState:
             scope.cooling_until <= now and scope.used(now) + queued + claim.cost <= claim.limit
             for claim, scope, queued in zip(claims, scopes, ahead, strict=True)
         ]
-        if all(room):
+        if all(room):  # nearly every request: nothing to wait for, under any rule
             for claim, scope in zip(claims, scopes, strict=True):
                 scope.in_flight += claim.cost
                 scope.last_used = now
             return Verdict(True, (0.0,) * len(claims), (False,) * len(claims))
+        admitted = all(fits or not claim.enforce for claim, fits in zip(claims, room, strict=True))
         waits = []
-        for claim, scope, queued in zip(claims, scopes, ahead, strict=True):
+        for claim, scope, queued, fits in zip(claims, scopes, ahead, room, strict=True):
             scope.last_used = now
-            if claim.cost > claim.limit:
+            if fits or (admitted and claim.enforce):
+                waits.append(0.0)
+            elif claim.cost > claim.limit:
                 waits.append(math.inf)  # can never fit: the exchange would refuse it too
             else:
                 waits.append(scope.wait(now, claim.limit, claim.hold, queued + claim.cost))
-        return Verdict(False, tuple(waits), tuple(scope.cooling_until > now for scope in scopes))
+        cooling = tuple(scope.cooling_until > now for scope in scopes)
+        if admitted:
+            for claim, scope in zip(claims, scopes, strict=True):
+                scope.in_flight += claim.cost
+        return Verdict(admitted, tuple(waits), cooling)
 
-    async def release(self, claims: Sequence[Claim], now: float, ticket: str = "") -> None:
+    async def release(
+        self, claims: Sequence[Claim], now: float, ticket: str = "", credit: float = 0.0
+    ) -> None:
         for claim in claims:
             scope = self._scope(claim, now)
             scope.in_flight = max(0, scope.in_flight - claim.cost)
-            scope.add_release(now + claim.hold, claim.cost)
+            scope.add_release(now + max(0.0, claim.hold - credit), claim.cost)
             scope.last_used = now
 
     async def cool_down(self, claims: Sequence[Claim], until: Sequence[float], now: float) -> None:
@@ -270,3 +296,6 @@ class MemoryRateLimitState:
 
     async def close(self) -> None:
         return None
+
+    def notify_released(self, callback: Callable[[Sequence[Claim]], None]) -> None:
+        return None  # every release takes effect before `release` returns

@@ -5,7 +5,8 @@ in flight. Guarantees:
 - the answer never waits for it: `add` queues it, and one background sender per replica sends what is
   queued, up to `BATCH` releases per call (one script call blocks Redis while it runs), so a busy replica
   sends few calls;
-- each slot is held until its answer + hold, whenever the call is made: the call carries what is left;
+- each slot is held until its answer + hold (less the release's credit), whenever the call is made: the
+  call carries what is left;
 - a release that cannot be sent is kept, in order, and sent when Redis answers again (`resume`). Kept
   ones are reported to `on_kept` (the local share counts their holds meanwhile). At most `MAX_KEPT` are
   kept: beyond, the oldest is dropped, and Redis, which still counts its slots in flight, frees them after
@@ -39,6 +40,7 @@ class Release:
     claims: Sequence[Claim]
     ticket: str
     answered: float  # on the caller's clock
+    credit: float = 0.0  # seconds the hold after the answer is shortened by (the measured network)
 
 
 class ReleaseSender:
@@ -53,6 +55,7 @@ class ReleaseSender:
         *,
         clock: Callable[[], float] = time.monotonic,
         server_clock: bool = True,
+        on_sent: Callable[[Sequence[Release]], None] | None = None,
     ) -> None:
         """`script`: the RELEASE script; `keys_of(rule, scope)`: the scope's in-flight, held and cool-down
         keys; `server_clock=False` (tests): stamp with the releases' own times instead of Redis' TIME."""
@@ -62,6 +65,7 @@ class ReleaseSender:
         self._on_kept = on_kept
         self._clock = clock
         self._server_clock = server_clock
+        self.on_sent = on_sent  # told of each batch once Redis has it
         self._queue: deque[Release] = deque()
         self._task: asyncio.Task[None] | None = None
 
@@ -92,13 +96,16 @@ class ReleaseSender:
             for release in batch:
                 for claim in release.claims:
                     keys += self._keys_of(claim.rule, claim.scope)[:2]
-                    args += [release.ticket, claim.cost, max(0.0, release.answered + claim.hold - reference)]
+                    held_until = release.answered + max(0.0, claim.hold - release.credit)
+                    args += [release.ticket, claim.cost, max(0.0, held_until - reference)]
             try:
                 await self._link.call(functools.partial(self._script, keys, args))
             except StateUnavailableError:
                 self._queue.extendleft(reversed(batch))  # kept, in order, for Redis' return
                 self._on_kept(batch)
                 return
+            if self.on_sent is not None:
+                self.on_sent(batch)
 
     async def settled(self) -> None:
         """Wait for the sender under way (each call is bounded by the link's timeout)."""

@@ -76,21 +76,24 @@ class LocalShare:
         self._flying[ticket] = claims
         return dataclasses.replace(verdict, ticket=ticket)
 
-    async def release(self, claims: Sequence[Claim], now: float, ticket: str) -> bool:
-        """Start the hold of a slot this share admitted; False if `ticket` is not one of its own (admitted
-        by the shared state, or already handed over to it)."""
+    async def release(self, claims: Sequence[Claim], now: float, ticket: str, credit: float = 0.0) -> bool:
+        """Start the hold of a slot this share admitted (shortened by `credit`); False if `ticket` is not
+        one of its own (admitted by the shared state, or already handed over to it)."""
         if self._flying.pop(ticket, None) is None:
             return False
-        await self._state.release(self.share(claims), now)
+        await self._state.release(self.share(claims), now, credit=credit)
         for claim in claims:
-            self._hold(_Hold(claim.rule, claim.scope, claim.cost, now + claim.hold, False))
+            until = now + max(0.0, claim.hold - credit)
+            self._hold(_Hold(claim.rule, claim.scope, claim.cost, until, False))
         return True
 
-    def hold_answered(self, claims: Sequence[Claim], answered: float, now: float) -> None:
+    def hold_answered(
+        self, claims: Sequence[Claim], answered: float, now: float, credit: float = 0.0
+    ) -> None:
         """Count the hold of a request the shared state admitted but cannot be told of yet (its release is
         kept for it, so it is not handed over from here)."""
         for claim in self.share(claims):
-            self._state.occupy(claim, claim.cost, answered + claim.hold, now)
+            self._state.occupy(claim, claim.cost, answered + max(0.0, claim.hold - credit), now)
 
     def seed(self, claim: Claim, slots: int, until: float, cooling_until: float, now: float) -> None:
         """`slots` of the claim's scope were last seen in use in the shared state, surely free by `until`
