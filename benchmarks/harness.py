@@ -75,3 +75,11 @@ def start_simulator(port: int, account: str, public_key: str) -> subprocess.Pope
     )
     wait_ready(f"http://127.0.0.1:{port}/__sim/counters")
     return process
+
+
+def stop_all(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Stop every process started for a run: all asked at once, then each waited for."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(10)

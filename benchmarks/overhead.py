@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import free_port, start_seawall, wait_ready
+from harness import free_port, start_seawall, stop_all, wait_ready
 
 HERE = Path(__file__).resolve().parent
 PATH = "/v1/orders?symbol=PERP_ETH_USDC&status=INCOMPLETE"
@@ -121,10 +121,7 @@ def main() -> int:
             f"single-connection mean latency {sw_row[3] / bare_row[3]:.2f}x (bar <= 1.2)"
         )
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_all(processes)
     return 0
 
 

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.harness import free_port, start_seawall, wait_ready  # noqa: E402
+from benchmarks.harness import free_port, start_seawall, stop_all, wait_ready  # noqa: E402
 from benchmarks.ratelimit_goodput import get  # noqa: E402
 from proxy.runtime import run_event_loop  # noqa: E402
 from proxy.simulator.signing import OrderlyKeyPair, generate_orderly_keypair, orderly_headers  # noqa: E402
@@ -120,10 +120,7 @@ def main() -> int:
         counters = orjson.loads(get(sim_url + "/__sim/counters"))
         count, mean_wait, p99_wait = wait_quantiles(get(f"http://127.0.0.1:{admin_port}/metrics").decode())
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_all(processes)
     rounds = len(spreads["seawall"])
     print(
         f"{rounds} rounds of {BURST} concurrent placements, budget 10 per 1 s per key, fresh key each round\n"

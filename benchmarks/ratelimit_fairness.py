@@ -34,7 +34,7 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.harness import free_port, start_seawall, start_simulator, wait_ready  # noqa: E402
+from benchmarks.harness import free_port, start_seawall, start_simulator, stop_all, wait_ready  # noqa: E402
 from benchmarks.ratelimit_goodput import get  # noqa: E402
 from benchmarks.ratelimit_network import start_relay  # noqa: E402
 from proxy.runtime import run_event_loop  # noqa: E402
@@ -151,10 +151,7 @@ def run(fair: bool, args: argparse.Namespace) -> dict[str, Any]:
         result["upstream_1003"] = counters["answers_by_code"].get("-1003", 0)
         return result
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_all(processes)
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.harness import free_port, start_seawall, start_simulator, wait_ready  # noqa: E402
+from benchmarks.harness import free_port, start_seawall, start_simulator, stop_all, wait_ready  # noqa: E402
 from proxy.runtime import run_event_loop  # noqa: E402
 from proxy.simulator.signing import generate_orderly_keypair, orderly_headers  # noqa: E402
 from proxy.simulator.symbols import resting_order  # noqa: E402
@@ -202,10 +202,7 @@ def run_one(limiter: str, args: argparse.Namespace) -> dict[str, Any]:
         result["local_rejected_metric"] = metric(metrics, "seawall_ratelimit_rejected_total")
         return result
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_all(processes)
 
 
 def main() -> int:

@@ -31,7 +31,7 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.harness import free_port, start_seawall, start_simulator, wait_ready  # noqa: E402
+from benchmarks.harness import free_port, start_seawall, start_simulator, stop_all, wait_ready  # noqa: E402
 from benchmarks.ratelimit_goodput import get  # noqa: E402
 from proxy.runtime import run_event_loop  # noqa: E402
 from proxy.simulator.signing import generate_orderly_keypair, orderly_headers  # noqa: E402
@@ -130,10 +130,7 @@ def run(learning: bool, args: argparse.Namespace) -> dict[str, Any]:
         result["effective"] = lowered[0]["effective"] if lowered else LIMIT
         return result
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_all(processes)
 
 
 def main() -> int:

@@ -30,7 +30,7 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.harness import free_port, start_seawall, start_simulator, wait_ready  # noqa: E402
+from benchmarks.harness import free_port, start_seawall, start_simulator, stop_all, wait_ready  # noqa: E402
 from benchmarks.ratelimit_goodput import fleet, get, metric  # noqa: E402
 from proxy.runtime import run_event_loop  # noqa: E402
 from proxy.simulator.signing import generate_orderly_keypair  # noqa: E402
@@ -91,10 +91,7 @@ def run_one(variant: str, jitter: float, args: argparse.Namespace) -> dict[str, 
         result["network"] = status.get("ratelimit", {}).get("network")
         return result
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_all(processes)
 
 
 def main() -> int:

@@ -31,7 +31,7 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from harness import free_port, start_seawall, start_simulator, wait_ready  # noqa: E402
+from harness import free_port, start_seawall, start_simulator, stop_all, wait_ready  # noqa: E402
 from ratelimit_goodput import LIMIT, WINDOW, get, metric  # noqa: E402
 
 from proxy.runtime import run_event_loop  # noqa: E402
@@ -137,10 +137,7 @@ def run_replicas(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         ]
         return result
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_all(processes)
         shutil.rmtree(directory, ignore_errors=True)
 
 
