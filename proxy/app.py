@@ -96,8 +96,11 @@ def build_policies(
 
 
 class Seawall:
-    def __init__(self, config: SeawallConfig, catalog: ErrorCatalog | None = None) -> None:
+    def __init__(
+        self, config: SeawallConfig, catalog: ErrorCatalog | None = None, *, reuse_port: bool = False
+    ) -> None:
         self.config = config
+        self.reuse_port = reuse_port  # a worker of `seawall run --workers N` shares the proxy port
         self.catalog = catalog or default_catalog()
         self.metrics = Metrics()
         self.routes = RouteTable(config.routes, config.identity)
@@ -126,7 +129,7 @@ class Seawall:
             await self.streams.start()
         listener = self.listener
         self.proxy_server = HttpServer("proxy", listener, listener.limits, self.metrics)
-        await self.proxy_server.start(self.config.listen.host, self.config.listen.port)
+        await self.proxy_server.start(self.config.listen.host, self.config.listen.port, self.reuse_port)
         admin = AdminSite(self.config.server, self.metrics, self.status, self.readiness_checks())
         self.admin_server = HttpServer("admin", admin, admin.limits, self.metrics)
         await self.admin_server.start(self.config.admin_listen.host, self.config.admin_listen.port)

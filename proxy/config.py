@@ -414,13 +414,30 @@ class RedisConfig(_Model):
     sentinel_master: str = Field(default="", description="with mode: sentinel, the master's name")
     key_prefix: str = "seawall:"
     timeout: PositiveSeconds = 0.25
+    decision_budget: PositiveSeconds | None = Field(
+        default=None,
+        description="longest a request waits for a shared decision, then decided per on_unavailable; "
+        "unset: 200 ms, or timeout if shorter",
+    )
     retry_interval: PositiveSeconds = 1.0
     on_unavailable: Literal["local_share", "fail_closed"] = "local_share"
+    on_slow: Literal["refuse", "local_share"] = Field(
+        default="refuse",
+        description="a rate-limit decision past decision_budget while Redis still answers: refuse it "
+        "(transient -1003) or admit it on the local share (may overspend: the others decide in Redis)",
+    )
     replicas: int | None = Field(
         default=None,
         ge=1,
         description="replicas sharing the budget (local share = 1/N); unset: counted from heartbeats",
     )
+
+    @property
+    def decision_seconds(self) -> float:
+        """`decision_budget`, or its default: 200 ms, or `timeout` if shorter."""
+        if self.decision_budget is not None:
+            return self.decision_budget
+        return min(0.2, self.timeout)
 
     @field_validator("url")
     @classmethod
@@ -452,6 +469,9 @@ class RedisConfig(_Model):
         if self.mode != "sentinel" and len(hosts) > 1:
             message = "names several hosts: only mode sentinel takes a list (of sentinels)"
             raise CrossFieldError(((*loc, "url"), message), ((*loc, "mode"), message))
+        if self.decision_budget is not None and self.decision_budget > self.timeout:
+            message = "decision_budget must not exceed timeout (a decision would outlive its call)"
+            raise CrossFieldError(((*loc, "decision_budget"), message), ((*loc, "timeout"), message))
         if self.mode == "cluster" and rest.partition("?")[0].strip("/") not in ("", "0"):
             message = "a Redis Cluster has database 0 only"
             raise CrossFieldError(((*loc, "url"), message), ((*loc, "mode"), message))

@@ -199,8 +199,10 @@ class HttpServer:
         self._fd_warned_at = -FD_WARNING_INTERVAL
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    async def start(self, host: str, port: int) -> None:
-        """Listen on every address `host` resolves to (as asyncio's create_server does)."""
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        """Listen on every address `host` resolves to (as asyncio's create_server does). `reuse_port`:
+        share the port with other processes that bind it so (SO_REUSEPORT: the kernel spreads new
+        connections over them; the workers of `seawall run --workers N`)."""
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         sockets: list[socket.socket] = []
@@ -209,6 +211,8 @@ class HttpServer:
                 sock = socket.socket(family, kind, proto)
                 sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(address)

@@ -7,6 +7,9 @@ names from config — never paths or API keys — so the label sets stay bounded
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # `_created` series double the series count for nothing a dashboard uses (docs/design.md).
@@ -15,10 +18,39 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
+SAMPLE_INTERVAL = 1.0  # seconds between two samples of the function gauges in a worker process
 
 
 def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "OTHER"
+
+
+def multiprocess() -> bool:
+    """True in a worker of `seawall run --workers N`: prometheus-client keeps every value in a file of
+    PROMETHEUS_MULTIPROC_DIR (read when it is first imported), and the supervisor's /metrics adds them up."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class SampledGauge(Gauge):
+    """A Gauge whose `set_function` also works in a worker process. In one process it is Gauge's own. In
+    multiprocess mode a value lives in a file the supervisor reads, and a file cannot call a function:
+    the function is kept and `Metrics.sample()` writes what it returns (each worker samples every
+    SAMPLE_INTERVAL seconds).
+
+    How the workers' values of one gauge add up is its `multiprocess_mode`, chosen per meaning: counts a
+    worker holds alone (requests in flight, queued, cached, open connections) are summed (`livesum`);
+    "the worst of" values take the worker showing it (`livemax`: the busiest budget, the most open
+    circuit, rebuilding; `livemin`: the lowest learned limit, the backend down on any worker). `live`:
+    a worker that died stops counting (the supervisor marks it dead)."""
+
+    sampler: Callable[[], float] | None = None
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        if not multiprocess():
+            super().set_function(f)
+            return
+        self._raise_if_not_observable()
+        self.sampler = f
 
 
 class Metrics:
@@ -63,23 +95,26 @@ class Metrics:
             ["rule"],
             registry=r,
         )
-        self.ratelimit_budget_used = Gauge(
+        self.ratelimit_budget_used = SampledGauge(
             "seawall_ratelimit_budget_used_ratio",
             "Share of a rule's budget in use by its busiest scope.",
             ["rule"],
+            multiprocess_mode="livemax",
             registry=r,
         )
-        self.ratelimit_queued = Gauge(
+        self.ratelimit_queued = SampledGauge(
             "seawall_ratelimit_queued",
             "Requests waiting in a rule's queues (all its scopes) for budget.",
             ["rule"],
+            multiprocess_mode="livesum",
             registry=r,
         )
-        self.ratelimit_effective_limit = Gauge(
+        self.ratelimit_effective_limit = SampledGauge(
             "seawall_ratelimit_effective_limit",
             "A rule's lowest effective limit among its scopes: the configured limit, unless lowered after "
             "the exchange answered -1003 anyway or announced a lower one.",
             ["rule"],
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.ratelimit_shadow = Counter(
@@ -95,10 +130,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.circuit_state = Gauge(
+        self.circuit_state = SampledGauge(
             "seawall_circuit_state",
             "Breaker state: 0 closed, 1 half-open, 2 open.",
             ["breaker"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.circuit_transitions = Counter(
@@ -114,25 +150,36 @@ class Metrics:
             ["route", "kind"],
             registry=r,
         )
-        self.dedup_entries = Gauge(
+        self.dedup_entries = SampledGauge(
             "seawall_dedup_entries",
             "Identities held by deduplication (in flight and stored).",
+            multiprocess_mode="livesum",
             registry=r,
         )
-        self.state_backend_up = Gauge(
+        self.state_over_budget = Counter(
+            "seawall_state_over_budget_total",
+            "Shared decisions Redis did not make within state.redis.decision_budget: decided locally, per "
+            "state.redis.on_unavailable.",
+            ["policy"],
+            registry=r,
+        )
+        self.state_backend_up = SampledGauge(
             "seawall_state_backend_up",
             "1 when the shared-state backend answers, 0 when Seawall runs on local state.",
+            multiprocess_mode="livemin",
             registry=r,
         )
-        self.state_replicas = Gauge(
+        self.state_replicas = SampledGauge(
             "seawall_state_replicas",
             "Replicas sharing each budget through Redis, as their heartbeats last said (or as configured).",
+            multiprocess_mode="livemax",
             registry=r,
         )
-        self.state_rebuilding = Gauge(
+        self.state_rebuilding = SampledGauge(
             "seawall_state_rebuilding",
             "1 while shared state is rebuilt after Redis lost data (a restart, a failover): placements this "
             "replica cannot vouch for are refused meanwhile.",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.state_rebuilds = Counter(
@@ -165,9 +212,10 @@ class Metrics:
             ["listener", "reason"],
             registry=r,
         )
-        self.in_flight = Gauge(
+        self.in_flight = SampledGauge(
             "seawall_in_flight_requests",
             "Bot requests being handled.",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.cache = Counter(
@@ -177,15 +225,24 @@ class Metrics:
             ["route", "result"],
             registry=r,
         )
-        self.cache_entries = Gauge("seawall_cache_entries", "Answers held by the micro-cache.", registry=r)
-        self.cache_bytes = Gauge(
-            "seawall_cache_bytes", "Bytes of answers held by the micro-cache.", registry=r
+        self.cache_entries = SampledGauge(
+            "seawall_cache_entries",
+            "Answers held by the micro-cache.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.cache_bytes = SampledGauge(
+            "seawall_cache_bytes",
+            "Bytes of answers held by the micro-cache.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         # WebSocket streams (proxy/streams/). side: bot | upstream; kind: public | private.
-        self.ws_connections = Gauge(
+        self.ws_connections = SampledGauge(
             "seawall_ws_connections",
             "Open WebSocket connections, by side (bot, upstream) and kind (public, private).",
             ["side", "kind"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.ws_messages = Counter(
@@ -209,9 +266,27 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.ws_subscriptions = Gauge(
+        self.ws_subscriptions = SampledGauge(
             "seawall_ws_subscriptions",
             "Public topics Seawall holds on the exchange, by topic kind (orderbook, ticker, trade, ...).",
             ["kind"],
+            multiprocess_mode="livesum",
             registry=r,
         )
+
+    def sample(self) -> None:
+        """Write the current value of every function gauge (multiprocess mode; a no-op otherwise)."""
+        for gauge in self._sampled_gauges():
+            if gauge.sampler is not None:
+                gauge.set(gauge.sampler())
+
+    def _sampled_gauges(self) -> Iterator[SampledGauge]:
+        for family in list(vars(self).values()):
+            if not isinstance(family, SampledGauge):
+                continue
+            if not family._labelnames:
+                yield family
+                continue
+            with family._lock:  # prometheus-client keeps a family's children here; labels() adds to it
+                children = list(family._metrics.values())
+            yield from (child for child in children if isinstance(child, SampledGauge))

@@ -7,7 +7,9 @@ Shared by the CLI, the demo and the benchmarks, so none of them imports another 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -33,14 +35,52 @@ def on_reload_signal(reload: Callable[[], Any]) -> Callable[[], None]:
     return undo
 
 
-async def wait_for_stop_signal() -> None:
-    """Return on SIGTERM or SIGINT (what a container runtime and a terminal send)."""
-    stop = asyncio.Event()
+def on_stdin_closed(callback: Callable[[], Any]) -> Callable[[], None]:
+    """Call `callback` once when standard input reaches its end; returns the undo.
+
+    A worker of `seawall run --workers N` reads a pipe from its supervisor that is never written to: it
+    ends when the supervisor is gone, however it died, so a worker never outlives it holding the port."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            callback()
+
+    loop.add_reader(fd, readable)
+
+    def undo() -> None:
+        loop.remove_reader(fd)
+
+    return undo
+
+
+def on_stop_signal(stop: Callable[[], Any]) -> Callable[[], None]:
+    """Call `stop` on SIGTERM or SIGINT (what a container runtime and a terminal send); returns the undo."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop)
+
+    def undo() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+    return undo
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    undo = on_stop_signal(stop.set)
     try:
         await stop.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+        undo()

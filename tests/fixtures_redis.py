@@ -57,10 +57,10 @@ class RedisServer:
     async def _answers(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError("redis-server exited at start")
-        client = redis.Redis(unix_socket_path=str(self.socket))
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1, socket_connect_timeout=1)
         try:
-            return bool(await client.ping())
-        except (OSError, redis.RedisError):
+            return bool(await asyncio.wait_for(client.ping(), 2))  # a server not answering yet: ask again
+        except (OSError, redis.RedisError, TimeoutError):
             return False
         finally:
             await client.aclose()

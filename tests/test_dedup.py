@@ -6,6 +6,7 @@ the exchange must be seen byte for byte. Every scenario with a `backend` runs on
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import socket
@@ -811,3 +812,23 @@ async def test_memory_state_a_refusal_is_taken_over_by_another_payload_only() ->
     settled = await state.claim("id", "other")  # a success is never taken over
     assert settled is not None and (settled.state, settled.fingerprint) == ("stored", "fixed")
     assert state.counts() == {"entries": 1, "in_flight": 0, "stored": 1, "refused": 0, "unknown": 0}
+
+
+def test_a_large_store_of_answers_costs_the_garbage_collector_nothing_to_walk() -> None:
+    # A fleet placing thousands of orders a second keeps ~100,000 answers for the TTL. Held as tracked
+    # objects, each full collection walked them all: 73 ms with 92,000 answers, a p99 of 110-137 ms on
+    # every request through Seawall at 50 connections. Held as plain tuples, the collector ignores them.
+    state = MemoryDedupState(max_entries=100_000)
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(20_000):
+        answer = StoredAnswer(
+            200, (("Content-Type", "application/json"), ("X-Id", str(i))), b"{}", "OK", 0, None
+        )
+        state.keep(f"identity-{i}", f"fingerprint-{i}", "stored", answer, 120.0)
+    for _ in range(3):  # the collector untracks one level of nested tuples per pass
+        gc.collect()
+    assert len(gc.get_objects()) - before < 1_000  # was 2 tracked objects per answer (40,000)
+    entry = state.peek("identity-7")  # and every answer replays as stored
+    assert entry is not None and entry.answer is not None
+    assert (entry.state, entry.answer.headers[1], entry.answer.body) == ("stored", ("X-Id", "7"), b"{}")

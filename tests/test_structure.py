@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("edges", ("proxy.httpserver", "proxy.listener", "proxy.admin")),
     ("app", ("proxy.app", "proxy.reload")),
     ("simulator", ("proxy.simulator", "proxy.simulator.*")),
-    ("entry", ("proxy.cli", "proxy.__main__", "proxy.demo", "proxy.demo.*")),
+    ("entry", ("proxy.cli", "proxy.workers", "proxy.__main__", "proxy.demo", "proxy.demo.*")),
 ]
 # The simulator is an exchange apart from the proxy: of the core it uses only the error table.
 SIMULATOR_MAY_USE = frozenset({"proxy", "proxy.catalog", "proxy.shipped"})

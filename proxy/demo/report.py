@@ -120,4 +120,29 @@ def market_rows(
             str(through.rest_upstream_calls),
             "cache",
         ),
+        (
+            f"market data: pushes to {straight.bots} bots streaming {straight.stream_topics} topics "
+            f"({straight.seconds:.0f}s)",
+            str(straight.stream_frames),
+            str(through.stream_frames),
+            "",
+        ),
+        (
+            "  ... bots that received data",
+            f"{straight.stream_bots_with_data} of {straight.bots}",
+            f"{through.stream_bots_with_data} of {through.bots}",
+            "",
+        ),
+        (
+            "  ... stream connections the exchange held",
+            str(straight.stream_upstream_connections),
+            str(through.stream_upstream_connections),
+            "",
+        ),
+        (
+            "  ... subscriptions the exchange served",
+            str(straight.stream_upstream_subscriptions),
+            str(through.stream_upstream_subscriptions),
+            "",
+        ),
     ]

@@ -4,7 +4,8 @@ The same fleet runs twice — straight to the simulated exchange, then through S
 1. re-quote bursts: four bot processes share one key and burst placements past the 10/s limit;
 2. blind retries: the exchange accepts some orders but the answers are lost; the bot retries them;
 3. an outage: the exchange answers -1011 for a few seconds while the bots hammer retries;
-4. market data: twenty bots poll the same instruments and tickers, far past the per-IP public limit.
+4. market data: twenty bots poll the same instruments and tickers, far past the per-IP public limit,
+   while each holds the public WebSocket stream of the same order book and ticker.
 Live progress is printed while it runs; a side-by-side table ends it. Nothing is left running.
 """
 
@@ -123,7 +124,8 @@ async def run_fleet(label: str, sim: Simulator, base_url: str, scale: float, out
         local = tally.local_answers.get("circuit-open", 0) - local_before
         sim.clear_faults()
 
-        # Act 4: a fleet polls the same instruments and tickers as fast as answers come (own tally).
+        # Act 4: a fleet polls the same instruments and tickers as fast as answers come (own tally)
+        # and streams the same book and ticker.
         progress.tally = market_tally = Tally()
         progress.act = "market data"
         market = await market_data(

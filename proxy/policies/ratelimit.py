@@ -476,9 +476,7 @@ class RateLimitPolicy(Policy):
             return await self._state.acquire(claims, ahead, now)
         except SharedStateDown as down:
             self._metrics.ratelimit_rejected.labels(claims[0].rule, "state_unavailable").inc()
-            raise StateUnavailable(
-                "shared rate-limit state unreachable", retry_after=down.retry_after
-            ) from None
+            raise StateUnavailable(str(down), retry_after=down.retry_after) from None
 
     def _ahead(self, key: QueueKey, waiter: _Waiter) -> int:
         """Slots reserved in `key`'s scope for the requests queued in front of `waiter`."""

@@ -13,8 +13,9 @@ half-open probe claim, `<...>:probe`, a key set with NX and a TTL.
   Before admitting a request the policy calls `sync`, which reads the shared facts at most every
   `sync_interval` per scope (default 50 ms: a locally cached copy in between, so a busy scope costs ~20
   reads a second per replica instead of one per request; requests arriving while a read is on its way
-  wait for it) and adopts what changed since this replica last looked: a newer opening (with the
-  remaining open time computed by Redis) or a closing. pybreaker notices the changed storage and tells
+  wait for it, never longer than `state.redis.decision_budget`: past it, the local state decides) and
+  adopts what changed since this replica last looked: a newer opening (with the remaining open time
+  computed by Redis) or a closing. pybreaker notices the changed storage and tells
   its listeners (metrics, logs). **Consistency window:** a replica may forward requests for up to
   `sync_interval` plus one round trip after another replica opened (or keep answering circuit-open that
   long after another replica's probe closed it).
@@ -44,7 +45,7 @@ from datetime import UTC, datetime
 from pybreaker import STATE_CLOSED, STATE_OPEN
 
 from proxy.state.breaker import BreakerScopeStorage, MemoryScopeStorage
-from proxy.state.redis_link import RedisLink, StateUnavailableError
+from proxy.state.redis_link import RedisLink, SharedScript, StateUnavailableError
 
 RECORD_TTL_MS = 24 * 3600 * 1000
 Facts = tuple[int, str, float, int | None]  # epoch, state, seconds of the open period left, trip code
@@ -151,7 +152,7 @@ class RedisScopeStorage(MemoryScopeStorage):
         self._syncing = asyncio.get_running_loop().create_future()
         store, published = self._store, self._published
         try:
-            reply = await store.link.call(lambda r: store.read_script(keys=[self._key], client=r))
+            reply = await store.link.run(store.read_script, [self._key], [], decides=True)
             if published == self._published:  # else a publication overlapped: this read may be stale
                 self._adopt(_facts(reply), now)
         except StateUnavailableError:
@@ -209,7 +210,7 @@ class RedisBreakerStore:
         self.link = link
         self.probe_ttl_ms = max(1, int(probe_ttl * 1000))
         self.sync_interval = sync_interval
-        self.read_script = link.client.register_script(READ)
+        self.read_script = SharedScript("breaker.read", READ)  # batched with the turn's other decisions
         self.open_script = link.client.register_script(OPEN)
         self.close_script = link.client.register_script(CLOSE)
         self._release = link.client.register_script(RELEASE)

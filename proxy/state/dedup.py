@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from multidict import CIMultiDict
 
@@ -43,9 +43,10 @@ def takes_over(state: EntryState, held_fingerprint: str, fingerprint: str) -> bo
     return state == "refused" and held_fingerprint != fingerprint
 
 
-@dataclass(frozen=True, slots=True)
-class StoredAnswer:
-    """An answer frozen for replay: status, headers and body exactly as the exchange sent them."""
+class StoredAnswer(NamedTuple):
+    """An answer frozen for replay: status, headers and body exactly as the exchange sent them.
+
+    Kept as a plain tuple by `MemoryDedupState` (see there: why)."""
 
     status: int
     headers: tuple[tuple[str, str], ...]
@@ -146,12 +147,19 @@ class _InFlight:
     done: asyncio.Future[Settlement]
 
 
-@dataclass(slots=True)
-class _Kept:
+class _Kept(NamedTuple):
     state: Kept
     fingerprint: str
     answer: StoredAnswer | None
     expires_at: float
+
+
+_Raw = tuple[Kept, str, "tuple[Any, ...] | None", float]  # a _Kept, its answer as a plain tuple
+
+
+def _view(raw: _Raw) -> _Kept:
+    state, fingerprint, answer, expires_at = raw
+    return _Kept(state, fingerprint, None if answer is None else StoredAnswer(*answer), expires_at)
 
 
 class MemoryDedupState:
@@ -170,7 +178,11 @@ class MemoryDedupState:
         self._max_entries = max_entries
         self._clock = clock
         self._in_flight: dict[str, _InFlight] = {}
-        self._kept: OrderedDict[str, _Kept] = OrderedDict()
+        # Kept entries as plain tuples of plain values (`_raw`): CPython's collector stops tracking such
+        # tuples (exact tuples only, not NamedTuples or dataclasses), so a full collection does not walk
+        # them. Measured with 92,000 answers kept: a full collection took 73 ms with dataclasses, a p99 of
+        # 110-137 ms for every request at 50 connections; see tests/test_dedup.py.
+        self._kept: OrderedDict[str, _Raw] = OrderedDict()
 
     async def claim(self, identity: str, fingerprint: str, *, vouched_only: bool = False) -> Entry | None:
         now = self._clock()
@@ -208,7 +220,7 @@ class MemoryDedupState:
         ]
         entries += [
             (identity, Entry(kept.state, kept.fingerprint, kept.answer, kept.expires_at - now))
-            for identity, kept in self._kept.items()
+            for identity, kept in ((identity, _view(raw)) for identity, raw in self._kept.items())
             if kept.expires_at > now
         ]
         return entries
@@ -221,7 +233,8 @@ class MemoryDedupState:
         self, identity: str, fingerprint: str, state: Kept, answer: StoredAnswer | None, ttl: float
     ) -> None:
         """Hold `identity` as `state` for `ttl` seconds (a settled claim, or a copy of one)."""
-        self._kept[identity] = _Kept(state, fingerprint, answer, self._clock() + ttl)
+        plain = None if answer is None else tuple(answer)
+        self._kept[identity] = (state, fingerprint, plain, self._clock() + ttl)
         self._kept.move_to_end(identity)
         self._enforce_cap()
 
@@ -251,9 +264,9 @@ class MemoryDedupState:
         now = self._clock()
         self._expire(now)
         kept: dict[str, int] = {"stored": 0, "refused": 0, "unknown": 0}
-        for entry in self._kept.values():
-            if entry.expires_at > now:
-                kept[entry.state] += 1
+        for state, _, _, expires_at in self._kept.values():
+            if expires_at > now:
+                kept[state] += 1
         in_flight = len(self._in_flight)
         return {"entries": in_flight + sum(kept.values()), "in_flight": in_flight, **kept}
 
@@ -272,16 +285,18 @@ class MemoryDedupState:
         self._kept.clear()
 
     def _live(self, identity: str, now: float) -> _Kept | None:
-        kept = self._kept.get(identity)
-        if kept is not None and kept.expires_at <= now:
+        raw = self._kept.get(identity)
+        if raw is None:
+            return None
+        if raw[3] <= now:
             del self._kept[identity]
             return None
-        return kept
+        return _view(raw)
 
     def _expire(self, now: float) -> None:
         while self._kept:
             identity, oldest = next(iter(self._kept.items()))
-            if oldest.expires_at > now:
+            if oldest[3] > now:
                 return
             del self._kept[identity]
 

@@ -65,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -84,8 +85,9 @@ from proxy.state.dedup import (
     Unvouched,
     takes_over,
 )
+from proxy.state.redis_batch import merging
 from proxy.state.redis_fleet import WriteBack
-from proxy.state.redis_link import RedisLink, StateUnavailableError
+from proxy.state.redis_link import OverBudget, RedisLink, StateUnavailableError
 
 POLL_INTERVAL = 0.1  # a waiter re-reads the record this often, in case the pub/sub message was missed
 
@@ -220,11 +222,14 @@ class RedisDedupState:
         self._lock_ttl = lock_ttl
         self._wait_limit = wait_limit
         self._channel = link.key("dedup", "settled")
-        self._claim = link.client.register_script(CLAIM)
+        self._claim = merging("dedup.claim", "", CLAIM)  # the claims of a batch: one script call
         self._settle = link.client.register_script(SETTLE)
+        self._settle_shared = merging("dedup.settle", "", SETTLE)  # batched; the answer does not wait
+        self._settling: dict[str, asyncio.Future[Any]] = {}  # settlements on their way to Redis
         self._refresh = link.client.register_script(REFRESH)
         self._write_back_script = link.client.register_script(WRITE_BACK)
         self._owned: dict[str, _Owned] = {}
+        self._replica, self._tokens = secrets.token_hex(4), itertools.count()
         # Identities decided on this replica's memory, or whose end Redis missed, that Redis has not seen
         # yet (written back when it returns); and the owner token of the in-flight record Redis may hold
         # for such a claim (refreshed meanwhile, so twins elsewhere keep waiting rather than claim).
@@ -259,11 +264,14 @@ class RedisDedupState:
         owned = self._owned.get(identity)
         if owned is not None:
             return Entry("in_flight", owned.fingerprint)
+        settling = self._settling.get(identity)
+        if settling is not None:  # Redis decides next on what this replica told it last
+            await asyncio.gather(asyncio.shield(settling), return_exceptions=True)
         # While Redis is being rebuilt it may not know yet what another replica holds: it may still answer
         # from what it does hold (look only), but a claim it cannot see is not vouched for.
         fleet = self._link.fleet
         look_only = vouched_only and not self._link.healthy and not fleet.alone
-        token = secrets.token_hex(8)
+        token = f"{self._replica}{next(self._tokens)}"  # unique across replicas; need not be secret
         # The server must still be one this replica knows, holding the generation it knows: a restarted,
         # promoted or flushed one may have forgotten a claim, before the next probe could tell.
         keys = [self._key(identity)]
@@ -271,13 +279,17 @@ class RedisDedupState:
             keys.append(fleet.generation_key)
         args: list[str | int] = [fingerprint, token, self._lock_ms, "1" if look_only else "0"]
         args += [",".join(sorted(fleet.run_ids)), fleet.generation or ""]
+        late = functools.partial(self._claimed_late, identity, token)
+        slow = False
         try:
-            record = await self._link.call(lambda r: self._claim(keys=keys, args=args, client=r))
+            record = await self._link.run(self._claim, keys, args, decides=True, on_late=late)
+        except OverBudget:  # decided as if Redis were away; Redis may still make the claim (on_late)
+            record, slow = -1, True
         except StateUnavailableError:
             record = -1
-        if record == -1:  # Redis cannot decide: down, or it may have forgotten
+        if record == -1:  # Redis cannot decide: down, slow, or it may have forgotten
             self.fallbacks += 1
-            if self._link.up:
+            if self._link.up and not slow:
                 fleet.suspect()  # tell at once, not at the next probe
             if vouched_only and not fleet.alone:
                 raise self._unvouched() from None
@@ -303,6 +315,32 @@ class RedisDedupState:
             answer = decode_settlement(fields[b"m"], fields.get(b"b", b"")).answer
         return Entry(state, fingerprint_held, answer, expires_in)
 
+    def _claimed_late(self, identity: str, token: str, record: Any) -> None:
+        """Redis made a claim its caller no longer waited for (past the decision budget, or the bot hung
+        up). If this replica went on with the identity on its memory, the Redis claim becomes that
+        one's (settled there under its token, so Redis ends up holding the answer, not nothing); else
+        nobody will settle it: drop it now rather than have twins wait out its lock."""
+        if record is not None:
+            return  # not claimed: nothing to undo
+        local = self._local.peek(identity)
+        if local is not None and local.state == "in_flight":
+            self._local_tokens.setdefault(identity, token)  # its end is settled in Redis with it
+            self._unsynced.add(identity)
+            return
+        if local is not None:  # already ended here: write its end over the claim (same owner token)
+            task = asyncio.ensure_future(self._put_back(identity, local, token))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            return
+        args: list[bytes | str | int] = [token, b"", 1, "", b"", b"", self._channel, b""]
+        dropped = self._link.submit(self._settle_shared, [self._key(identity)], args)
+        dropped.add_done_callback(
+            lambda done: (
+                done.cancelled() or done.exception() is None or self._dropped.update({identity: token})
+            )
+        )
+
     async def wait(self, identity: str, fingerprint: str) -> Settlement | None:
         owned = self._owned.get(identity)
         if owned is not None:
@@ -326,30 +364,44 @@ class RedisDedupState:
             if claimed is not None:
                 await self._sync_local(identity, claimed.fingerprint, settlement, keep, ttl)
             return
-        # Twins here are answered at once; until the record is written, new ones still find the claim
-        # (and its settled future). This replica's copy is made after Redis's, so when it has expired
-        # here, it has expired for every replica.
+        # Twins here are answered at once, and this replica's copy is kept before Redis is told, so its
+        # own retries replay from memory; the answer does not wait for Redis: the settlement goes with the
+        # next batch of shared decisions, and twins on other replicas are woken when it lands. Until then
+        # they find the claim in flight and wait for it, as they would a moment earlier.
         if not owned.done.done():
             owned.done.set_result(settlement)
+        if keep is not None:
+            answer = settlement.answer if keep in ANSWERED else None
+            self._local.keep(identity, owned.fingerprint, keep, answer, ttl)
+        self._owned.pop(identity, None)
         meta, body = encode_settlement(settlement)
         stored = b"" if keep is None else KEEP_ARGS[keep]
         message = b" ".join((identity.encode(), owned.fingerprint.encode(), meta)) + b"\n" + body
         args: list[bytes | str | int] = [owned.token, stored, max(1, int(ttl * 1000)), owned.fingerprint]
         args += [meta, body, self._channel, message]
-        try:
-            await self._link.call(lambda r: self._settle(keys=[self._key(identity)], args=args, client=r))
-        except StateUnavailableError:
-            self.fallbacks += 1  # kept here only, and written back when Redis returns
-            if keep is not None:
-                self._unsynced.add(identity)
-                self._local_tokens[identity] = owned.token
-            else:  # nothing to keep, but Redis may still hold the claim: twins elsewhere would wait on it
-                self._dropped[identity] = owned.token
-        finally:
-            if keep is not None:
-                answer = settlement.answer if keep in ANSWERED else None
-                self._local.keep(identity, owned.fingerprint, keep, answer, ttl)
-            self._owned.pop(identity, None)
+        sent = self._link.submit(self._settle_shared, [self._key(identity)], args)
+        self._settling[identity] = sent
+        landed = functools.partial(self._settled, identity, owned.token, owned.fingerprint, keep, ttl)
+        sent.add_done_callback(landed)
+
+    def _settled(
+        self, identity: str, token: str, fingerprint: str, keep: Kept | None, ttl: float, sent: Any
+    ) -> None:
+        if self._settling.get(identity) is sent:
+            del self._settling[identity]
+        if not sent.cancelled() and sent.exception() is None:
+            # This replica's copy now ends after Redis's: when it has expired here, it has expired for
+            # every replica (a retry here after that is forwarded, not replayed from Redis).
+            copy = self._local.peek(identity)
+            if keep is not None and copy is not None and copy.fingerprint == fingerprint:
+                self._local.keep(identity, fingerprint, keep, copy.answer, ttl)
+            return
+        self.fallbacks += 1  # kept here only, and written back when Redis returns
+        if keep is not None:
+            self._unsynced.add(identity)
+            self._local_tokens[identity] = token
+        else:  # nothing to keep, but Redis may still hold the claim: twins elsewhere would wait on it
+            self._dropped[identity] = token
 
     async def _sync_local(
         self, identity: str, fingerprint: str, settlement: Settlement, keep: Kept | None, ttl: float
@@ -444,6 +496,7 @@ class RedisDedupState:
         self._tasks = [loop.create_task(self._listen()), loop.create_task(self._keep_locks())]
 
     async def close(self) -> None:
+        await asyncio.gather(*self._settling.values(), return_exceptions=True)  # on their way: let land
         for task in [*self._tasks, *self._releasing]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._releasing, return_exceptions=True)

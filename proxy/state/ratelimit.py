@@ -45,8 +45,8 @@ class SharedStateDown(Exception):
     """The state cannot decide: its shared store is unreachable and it must not decide alone (it is
     configured to fail closed). `retry_after`: when the store is next tried, in seconds."""
 
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("shared rate-limit state unreachable")
+    def __init__(self, retry_after: float, detail: str = "shared rate-limit state unreachable") -> None:
+        super().__init__(detail)
         self.retry_after = retry_after
 
 

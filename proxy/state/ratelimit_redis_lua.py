@@ -9,10 +9,14 @@ integers come back as strings: Redis would truncate a Lua number in its reply.
 """
 
 LIB = """
+local server_now  -- read once per script call: every decision of a batch is stamped the same
 local function clock(given)  -- '' means Redis' own clock, the one every replica shares
   if given ~= '' then return tonumber(given) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if not server_now then
+    local t = redis.call('TIME')
+    server_now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  return server_now
 end
 local function add(key, score, ticket, count, lifetime)  -- `count` slots named ticket#1..count
   local args = {}
@@ -27,9 +31,7 @@ local function num(x) if x == math.huge then return 'inf' end return string.form
 # KEYS: per claim its in-flight set, held set, cool-down. ARGV: now, ticket, in-flight expiry, then per
 # claim limit, hold, cost, ahead, enforce ('1'; '0': a shadow rule's claim, which always fits, and whose
 # wait is the one it would have needed). -> {admitted, now, per claim: used, wait, cooling, clear}
-ACQUIRE = (
-    LIB
-    + """
+ACQUIRE_BODY = """
 local now, ticket, expiry, n = clock(ARGV[1]), ARGV[2], tonumber(ARGV[3]), #KEYS / 3
 local fits, used, cooling = true, {}, {}
 local room = {}
@@ -75,7 +77,7 @@ for i = 1, n do
 end
 return reply
 """
-)
+ACQUIRE = LIB + ACQUIRE_BODY
 
 # KEYS: per claim its in-flight set and held set. ARGV: now, then per claim ticket, cost, hold left
 # (many answered requests in one call).
@@ -124,5 +126,31 @@ for i = 1, #KEYS / 2 do
   end
 end
 return 1
+"""
+)
+
+# KEYS: one scope's in-flight set, held set, cool-down. ARGV: now, ticket base, in-flight expiry, hold,
+# slots wanted, ceiling. Takes up to `wanted` slots ahead of the requests that will use them (a lease,
+# `ratelimit_leases.py`), each its own ticket `<base>.<j>`, only while the scope is not cooling and stays
+# at or under `ceiling` slots used. -> {slots granted, used before, cooling}
+LEASE = (
+    LIB
+    + """
+local flying, held = KEYS[1], KEYS[2]
+local now, base, expiry, hold = clock(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', flying, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
+local used = redis.call('ZCARD', flying) + redis.call('ZCARD', held)
+local cooling = math.max(0, (tonumber(redis.call('GET', KEYS[3])) or 0) - now)
+local grant = 0
+if cooling == 0 then grant = math.max(0, math.min(tonumber(ARGV[5]), tonumber(ARGV[6]) - used)) end
+if grant > 0 then
+  local args = {}
+  for j = 1, grant do args[2 * j - 1] = now + hold + expiry; args[2 * j] = base .. '.' .. j .. '#1' end
+  redis.call('ZADD', flying, unpack(args))
+  local ms = math.ceil((hold + expiry) * 1000) + 1000
+  if redis.call('PTTL', flying) < ms then redis.call('PEXPIRE', flying, ms) end
+end
+return {grant, used, num(cooling)}
 """
 )

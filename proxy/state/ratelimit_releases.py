@@ -1,10 +1,11 @@
-"""Sends the releases of answered requests to the shared rate-limit state: in the background, in batches.
+"""Sends the releases of answered requests to the shared rate-limit state: with the next batch, in bulk.
 
 A release is not a decision: it only starts the hold-after-answer countdown of slots Redis already counts
 in flight. Guarantees:
-- the answer never waits for it: `add` queues it, and one background sender per replica sends what is
-  queued, up to `BATCH` releases per call (one script call blocks Redis while it runs), so a busy replica
-  sends few calls;
+- the answer never waits for it, and it never costs a round trip of its own while decisions flow: `add`
+  queues it, and what is queued is sent with the next batch of shared decisions (`redis_batch.py`) —
+  one that goes out anyway, or one scheduled for the next loop turn — up to `BATCH` releases per script
+  call (one script call blocks Redis while it runs), so a busy replica sends few calls;
 - each slot is held until its answer + hold (less the release's credit), whenever the call is made: the
   call carries what is left;
 - a release that cannot be sent is kept, in order, and sent when Redis answers again (`resume`). Kept
@@ -23,11 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.commands.core import AsyncScript
-
 from proxy.logs import log
 from proxy.state.ratelimit import Claim
-from proxy.state.redis_link import RedisLink, StateUnavailableError
+from proxy.state.redis_link import RedisLink, SharedScript
 
 MAX_KEPT = 10_000  # releases kept while Redis is away
 BATCH = 256  # releases per call
@@ -41,15 +40,16 @@ class Release:
     ticket: str
     answered: float  # on the caller's clock
     credit: float = 0.0  # seconds the hold after the answer is shortened by (the measured network)
+    tickets: tuple[str, ...] | None = None  # per claim, when its slots were leased one by one
 
 
 class ReleaseSender:
-    """The queue of releases for Redis and the one task that sends it (module docstring)."""
+    """The queue of releases for Redis, sent along with the link's batches (module docstring)."""
 
     def __init__(
         self,
         link: RedisLink,
-        script: AsyncScript,
+        script: SharedScript,
         keys_of: Callable[[str, str], tuple[str, str, str]],
         on_kept: Callable[[Sequence[Release]], None],
         *,
@@ -67,11 +67,13 @@ class ReleaseSender:
         self._server_clock = server_clock
         self.on_sent = on_sent  # told of each batch once Redis has it
         self._queue: deque[Release] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._asked = False  # the link will ask for the queue at its next batch
+        self._sending: dict[asyncio.Future[Any], int] = {}  # calls on their way: releases in each
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Releases Redis has not confirmed: queued, or on their way."""
+        return len(self._queue) + sum(self._sending.values())
 
     def add(self, release: Release) -> None:
         if len(self._queue) >= MAX_KEPT:
@@ -83,34 +85,46 @@ class ReleaseSender:
         self.resume()
 
     def resume(self) -> None:
-        """Start sending what is queued, unless Redis is away or a sender already runs."""
-        if self._queue and self._link.up and (self._task is None or self._task.done()):
-            self._task = asyncio.ensure_future(self._send())
+        """Have what is queued go out with the link's next batch, unless Redis is away."""
+        if self._queue and self._link.up and not self._asked:
+            self._asked = True
+            self._link.before_next_batch(self._submit)
 
-    async def _send(self) -> None:
+    def _submit(self) -> None:
+        self._asked = False
         while self._queue and self._link.up:
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), BATCH))]
             reference = self._clock() if self._server_clock else max(r.answered for r in batch)
             keys: list[str] = []
             args: list[Any] = ["" if self._server_clock else repr(reference)]
             for release in batch:
-                for claim in release.claims:
+                for i, claim in enumerate(release.claims):
                     keys += self._keys_of(claim.rule, claim.scope)[:2]
                     held_until = release.answered + max(0.0, claim.hold - release.credit)
-                    args += [release.ticket, claim.cost, max(0.0, held_until - reference)]
-            try:
-                await self._link.call(functools.partial(self._script, keys, args))
-            except StateUnavailableError:
-                self._queue.extendleft(reversed(batch))  # kept, in order, for Redis' return
-                self._on_kept(batch)
-                return
-            if self.on_sent is not None:
-                self.on_sent(batch)
+                    ticket = release.tickets[i] if release.tickets else release.ticket
+                    args += [ticket, claim.cost, max(0.0, held_until - reference)]
+            sent = self._link.submit(self._script, keys, args)
+            self._sending[sent] = len(batch)
+            sent.add_done_callback(functools.partial(self._landed, batch))
+
+    def _landed(self, batch: list[Release], sent: asyncio.Future[Any]) -> None:
+        self._sending.pop(sent, None)
+        if sent.cancelled() or sent.exception() is not None:
+            self._queue.extendleft(reversed(batch))  # kept, in order, for Redis' return
+            self._on_kept(batch)
+            return
+        if self.on_sent is not None:
+            self.on_sent(batch)
 
     async def settled(self) -> None:
-        """Wait for the sender under way (each call is bounded by the link's timeout)."""
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Wait until what is queued has been sent and answered (each batch is bounded by the link)."""
+        if self._asked:
+            self._link.flush_soon()
+        while self._sending or (self._asked and self._link.up):
+            if self._sending:
+                await asyncio.gather(*list(self._sending), return_exceptions=True)
+            else:
+                await asyncio.sleep(0)  # the link's batch is assembled at the next loop turn
 
     async def close(self) -> None:
         await self.settled()

@@ -33,7 +33,8 @@ from proxy.config import RedisConfig, split_redis_url
 # Connections per Redis server. The link lets fewer calls than this run at once (`CALLS_IN_FLIGHT`), so
 # no pool ever has to refuse or make a call wait for a connection; the margin covers pub/sub.
 MAX_CONNECTIONS = 64
-CALLS_IN_FLIGHT = 48
+CALLS_IN_FLIGHT = 40
+BATCHES_IN_FLIGHT = 16  # each holds one connection; with CALLS_IN_FLIGHT, 56 < MAX_CONNECTIONS
 
 Client = redis.Redis | RedisCluster
 

@@ -13,6 +13,11 @@ maxmemory): it is logged (at most once per kind every few seconds), counted, and
 link stays up for everyone else. A script Redis forgot (`NOSCRIPT`, after a restart or SCRIPT FLUSH) is
 loaded again by redis-py's `Script` and retried once, transparently.
 
+Shared decisions — the policies' scripts — do not go one by one: `run` queues them for this loop turn's
+batch (`redis_batch.py`: one pipelined write for every decision of the turn, releases riding along),
+each bounded by `state.redis.decision_budget` when it decides a request: past it, the caller decides
+locally (`OverBudget`, per the fail mode), counted in `seawall_state_over_budget_total`.
+
 redis-py 8 would otherwise retry for ~4.8 s against a dead server and raise at once past its pool size
 (measured; docs/design.md): retries are off here, timeouts explicit, and at most `CALLS_IN_FLIGHT` calls
 run at once (more wait their turn within their timeout), fewer than any pool holds.
@@ -29,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
@@ -46,11 +51,12 @@ from proxy.config import RedisConfig
 from proxy.config_loader import redact_url
 from proxy.logs import log
 from proxy.metrics import Metrics
-from proxy.state.redis_clients import CALLS_IN_FLIGHT, Client, open_client
+from proxy.state.redis_batch import Batcher, OverBudget, ScriptCall, SharedScript
+from proxy.state.redis_clients import BATCHES_IN_FLIGHT, CALLS_IN_FLIGHT, Client, open_client
 from proxy.state.redis_errors import StateCallFailed, StateUnavailableError
 from proxy.state.redis_fleet import Fleet
 
-__all__ = ["RedisLink", "StateCallFailed", "StateUnavailableError"]
+__all__ = ["OverBudget", "RedisLink", "SharedScript", "StateCallFailed", "StateUnavailableError"]
 
 T = TypeVar("T")
 
@@ -76,6 +82,14 @@ class RedisLink:
         self._listeners: list[Callable[[bool], None]] = []
         self._error_logged: dict[str, float] = {}  # kind of call error -> when it was last logged
         self.call_errors = 0  # calls Redis answered with an error (shown in /status)
+        self.over_budget = 0  # decisions Redis did not make within the decision budget
+        self._batcher = Batcher(
+            self.client,
+            bound=config.timeout * 2,
+            outcome=self._settle_batch,
+            on_over_budget=self._over_budget,
+            batches_in_flight=BATCHES_IN_FLIGHT,
+        )
         metrics.state_backend_up.set(0)
         self.fleet = Fleet(self, metrics)
 
@@ -111,6 +125,7 @@ class RedisLink:
             await self.fleet.settle(within=2 * self.fleet.ttl + 4 * self.config.timeout)
 
     async def close(self) -> None:
+        await self._batcher.close()
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -132,7 +147,94 @@ class RedisLink:
 
     def describe(self) -> dict[str, Any]:
         """For /status: the mode, whether Redis answers, and what the replicas' heartbeats say."""
-        return {"mode": self.config.mode, "up": self.up, **self.fleet.describe()}
+        batches = {"batches": self._batcher.batches, "calls": self._batcher.calls}
+        return {
+            "mode": self.config.mode,
+            "up": self.up,
+            "decisions": {**batches, "over_budget": self.over_budget},
+            **self.fleet.describe(),
+        }
+
+    # --- shared decisions: batched script calls --------------------------------------------------------
+
+    def submit(
+        self,
+        script: SharedScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        decides: bool = False,
+        on_late: Callable[[Any], None] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue one script call for this loop turn's batch. Its future resolves with the reply, or fails
+        with StateUnavailableError (down, or `OverBudget` for a call that `decides` a request and took
+        longer than the decision budget; its reply then goes to `on_late`) or StateCallFailed."""
+        if not self._up:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(StateUnavailableError("shared state is down"))
+            return future
+        budget = self.config.decision_seconds if decides else None
+        return self._batcher.submit(script, keys, args, budget=budget, on_late=on_late)
+
+    async def run(
+        self,
+        script: SharedScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        decides: bool = False,
+        on_late: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """`submit`, awaited."""
+        return await self.submit(script, keys, args, decides=decides, on_late=on_late)
+
+    def before_next_batch(self, provider: Callable[[], None]) -> None:
+        """Have `provider` submit what can wait (releases) into the next batch that goes out."""
+        self._batcher.before_next_flush(provider)
+
+    def flush_soon(self) -> None:
+        """Send what waits for a batch (releases) at the next loop turn."""
+        self._batcher.flush_soon()
+
+    def _over_budget(self, call: ScriptCall) -> None:
+        self.over_budget += 1
+        self._metrics.state_over_budget.labels(call.script.policy).inc()
+
+    def _settle_batch(self, batch: list[ScriptCall], replies: list[Any] | BaseException) -> None:
+        """Resolve each caller's future with its reply or what its failure means (as `call` does)."""
+        if isinstance(replies, BaseException):
+            failure: StateUnavailableError = StateUnavailableError("shared state did not answer")
+            if isinstance(replies, _LINK_DOWN_ERRORS):
+                self._set(False, "timeout" if isinstance(replies, TimeoutError) else type(replies).__name__)
+            elif not isinstance(replies, asyncio.CancelledError):  # not Redis's doing: say so, never hang
+                log.error("shared-state batch failed", exc_info=replies)
+                failure = StateCallFailed("shared state call failed")
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(failure)
+            return
+        for call, reply in zip(batch, replies, strict=True):
+            refused: StateUnavailableError | None = None
+            if isinstance(reply, _LINK_DOWN_REPLIES):
+                self._set(False, type(reply).__name__)
+                refused = StateUnavailableError("shared state cannot serve now")
+            elif isinstance(reply, ResponseError):
+                self._call_failed(reply)
+                refused = StateCallFailed("shared state refused the call")
+            elif isinstance(reply, BaseException):  # a Cluster master's share of the batch failed
+                if isinstance(reply, _LINK_DOWN_ERRORS):
+                    self._set(False, type(reply).__name__)
+                refused = StateUnavailableError("shared state did not answer")
+            if call.future.done():  # the caller gave up (over budget, or cancelled): undo what it did
+                if refused is None and call.on_late is not None:
+                    try:
+                        call.on_late(reply)
+                    except Exception:
+                        log.exception("undoing a late shared decision failed")
+            elif refused is not None:
+                call.future.set_exception(refused)
+            else:
+                call.future.set_result(reply)
 
     async def call(self, operation: Callable[[Any], Awaitable[T]]) -> T:
         """Run one Redis operation, bounded in time; any failure marks the link down and raises
@@ -206,4 +308,7 @@ class RedisLink:
             log.warning("shared state (redis) is down: serving on local state", extra={"fields": fields})
             self.fleet.lost()
         for listener in self._listeners:
-            listener(up)
+            try:
+                listener(up)
+            except Exception:  # one policy's failure must not keep the others from knowing
+                log.exception("shared state listener failed")
