@@ -125,11 +125,16 @@ class RedisLink:
             await self.fleet.settle(within=2 * self.fleet.ttl + 4 * self.config.timeout)
 
     async def close(self) -> None:
-        await self._batcher.close()
         if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+            # Cancelled until it is done: a cancellation that lands as a call's own timeout fires can be
+            # turned into that call's error inside redis-py (seen: the probe went on to its next sleep,
+            # and close() waited for it forever).
+            while not self._probe.done():
+                self._probe.cancel()
+                await asyncio.wait({self._probe}, timeout=self.config.timeout)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                self._probe.result()
+        await self._batcher.close()
         await self.fleet.close()
         await self.client.aclose()
         if self._sentinels is not None:
