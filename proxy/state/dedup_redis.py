@@ -223,8 +223,7 @@ class RedisDedupState:
         self._wait_limit = wait_limit
         self._channel = link.key("dedup", "settled")
         self._claim = merging("dedup.claim", "", CLAIM)  # the claims of a batch: one script call
-        self._settle = link.client.register_script(SETTLE)
-        self._settle_shared = merging("dedup.settle", "", SETTLE)  # batched; the answer does not wait
+        self._settle = merging("dedup.settle", "", SETTLE)  # batched; the answer does not wait
         self._settling: dict[str, asyncio.Future[Any]] = {}  # settlements on their way to Redis
         self._refresh = link.client.register_script(REFRESH)
         self._write_back_script = link.client.register_script(WRITE_BACK)
@@ -333,8 +332,7 @@ class RedisDedupState:
             task.add_done_callback(self._releasing.discard)
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
             return
-        args: list[bytes | str | int] = [token, b"", 1, "", b"", b"", self._channel, b""]
-        dropped = self._link.submit(self._settle_shared, [self._key(identity)], args)
+        dropped = self._link.submit(self._settle, [self._key(identity)], self._drop_args(token))
         dropped.add_done_callback(
             lambda done: (
                 done.cancelled() or done.exception() is None or self._dropped.update({identity: token})
@@ -374,15 +372,30 @@ class RedisDedupState:
             answer = settlement.answer if keep in ANSWERED else None
             self._local.keep(identity, owned.fingerprint, keep, answer, ttl)
         self._owned.pop(identity, None)
-        meta, body = encode_settlement(settlement)
-        stored = b"" if keep is None else KEEP_ARGS[keep]
-        message = b" ".join((identity.encode(), owned.fingerprint.encode(), meta)) + b"\n" + body
-        args: list[bytes | str | int] = [owned.token, stored, max(1, int(ttl * 1000)), owned.fingerprint]
-        args += [meta, body, self._channel, message]
-        sent = self._link.submit(self._settle_shared, [self._key(identity)], args)
+        args = self._settle_args(identity, owned.fingerprint, owned.token, settlement, keep, ttl)
+        sent = self._link.submit(self._settle, [self._key(identity)], args)
         self._settling[identity] = sent
         landed = functools.partial(self._settled, identity, owned.token, owned.fingerprint, keep, ttl)
         sent.add_done_callback(landed)
+
+    def _settle_args(
+        self,
+        identity: str,
+        fingerprint: str,
+        token: str,
+        settlement: Settlement,
+        keep: Kept | None,
+        ttl: float,
+    ) -> list[bytes | str | int]:
+        """SETTLE's arguments: keep the settlement (or drop the claim) and tell waiting twins."""
+        meta, body = encode_settlement(settlement)
+        stored = b"" if keep is None else KEEP_ARGS[keep]
+        message = b" ".join((identity.encode(), fingerprint.encode(), meta)) + b"\n" + body
+        return [token, stored, max(1, int(ttl * 1000)), fingerprint, meta, body, self._channel, message]
+
+    def _drop_args(self, token: str) -> list[bytes | str | int]:
+        """SETTLE's arguments to delete a claim this replica holds (the token matches), keeping nothing."""
+        return [token, b"", 1, "", b"", b"", self._channel, b""]
 
     def _settled(
         self, identity: str, token: str, fingerprint: str, keep: Kept | None, ttl: float, sent: Any
@@ -415,12 +428,8 @@ class RedisDedupState:
             return
         try:
             if token is not None:  # written back in flight: settle it there, waking twins elsewhere
-                meta, body = encode_settlement(settlement)
-                message = b" ".join((identity.encode(), fingerprint.encode(), meta)) + b"\n" + body
-                stored = b"" if keep is None else KEEP_ARGS[keep]
-                args: list[bytes | str | int] = [token, stored, max(1, int(ttl * 1000)), fingerprint]
-                args += [meta, body, self._channel, message]
-                await self._link.call(lambda r: self._settle(keys=[self._key(identity)], args=args, client=r))
+                args = self._settle_args(identity, fingerprint, token, settlement, keep, ttl)
+                await self._link.run(self._settle, [self._key(identity)], args)
             else:
                 entry = self._local.peek(identity)
                 if entry is not None:
@@ -623,9 +632,8 @@ class RedisDedupState:
         """Delete the claims this replica dropped while Redis could not be told, where it still holds them
         (the owner token matches); a twin waiting elsewhere then claims again at its next look."""
         for identity, token in list(self._dropped.items()):
-            args: list[bytes | str | int] = [token, b"", 1, "", b"", b"", self._channel, b""]
             try:
-                await self._link.call(functools.partial(self._settle, [self._key(identity)], args))
+                await self._link.run(self._settle, [self._key(identity)], self._drop_args(token))
             except StateUnavailableError:
                 return
             if self._dropped.get(identity) == token:

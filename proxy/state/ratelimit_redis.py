@@ -175,8 +175,7 @@ class RedisRateLimitState:
                 reply = await self._link.run(self._acquire_script, keys, args, decides=True, on_late=late)
             except OverBudget:
                 if self._refuse_slow:  # the others decide in Redis meanwhile: a share could overspend
-                    if len(self._slow) < MAX_SLOW:  # whatever Redis takes for it is freed
-                        self._slow[ticket] = _Slow(claims, ticket)
+                    self._remember_slow(claims, ticket)  # whatever Redis takes for it is freed
                     raise SharedStateDown(
                         self._link.config.decision_seconds, "shared state too slow"
                     ) from None
@@ -198,8 +197,7 @@ class RedisRateLimitState:
     ) -> Verdict:
         """Per the fail mode, while Redis still answers: the share, seeded with what this replica last saw
         in use (once per hold), so it does not start empty; Redis is told later (`_decided_late`)."""
-        if len(self._slow) < MAX_SLOW:
-            self._slow[ticket] = _Slow(claims, ticket)
+        self._remember_slow(claims, ticket)
         if self._fail_closed:
             raise SharedStateDown(retry_after=self._retry_after)
         self._share.replicas = self._link.replicas or 1
@@ -218,6 +216,11 @@ class RedisRateLimitState:
             slow.local = local
             self._slow[local] = slow
         return verdict
+
+    def _remember_slow(self, claims: Sequence[Claim], ticket: str) -> None:
+        """Keep what `_decided_late` needs when Redis decides this one after all (bounded)."""
+        if len(self._slow) < MAX_SLOW:
+            self._slow[ticket] = _Slow(claims, ticket)
 
     def _decided_late(self, claims: Sequence[Claim], ticket: str, reply: list[Any]) -> None:
         """Redis decided after its caller stopped waiting (over budget, or the bot hung up)."""
